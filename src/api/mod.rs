@@ -1,0 +1,26 @@
+//! The `secretsync.io/v1alpha1` API: field names and meanings follow External Secrets Operator's AWS provider.
+
+mod condition;
+mod external_secret;
+mod secret_store;
+
+pub use condition::{READY, is_ready, ready_condition, set_condition};
+pub use external_secret::*;
+pub use secret_store::*;
+
+use kube::CustomResourceExt;
+
+pub const GROUP: &str = "secretsync.io";
+
+/// The CRDs as a multi-document YAML stream, as committed in `crds/`.
+pub fn crds_yaml() -> String {
+    [
+        ExternalSecret::crd(),
+        SecretStore::crd(),
+        ClusterSecretStore::crd(),
+    ]
+    .iter()
+    .map(|crd| serde_yaml::to_string(crd).expect("a CRD always serializes"))
+    .collect::<Vec<_>>()
+    .join("---\n")
+}

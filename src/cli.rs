@@ -1,0 +1,163 @@
+//! Command line: `secretsync run` (the operator) and `secretsync crds`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::api::{self, ExternalSecret};
+use crate::controller::{self, Context};
+use crate::data_hash::DataHasher;
+use crate::metrics::Metrics;
+use crate::server;
+use crate::telemetry::{self, LogFormat};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "secretsync",
+    version,
+    about = "Sync AWS Secrets Manager into Kubernetes Secrets"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
+    Crds,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Kubeconfig to use; without it, in-cluster configuration or $KUBECONFIG.
+    #[arg(long, env = "SECRETSYNC_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "SECRETSYNC_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Namespace the operator runs in; holds the data-hash key Secret.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "secretsync-system")]
+    pub operator_namespace: String,
+
+    /// Secret (in the operator's namespace) holding the key for the data-hash annotation; created if missing.
+    #[arg(
+        long,
+        env = "SECRETSYNC_HASH_KEY_SECRET",
+        default_value = "secretsync-hash-key"
+    )]
+    pub hash_key_secret: String,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "SECRETSYNC_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_address: SocketAddr,
+
+    #[arg(
+        long,
+        env = "SECRETSYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (`info`, `debug`, `secretsync=trace`, ...); RUST_LOG overrides it.
+    #[arg(long, env = "SECRETSYNC_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How often stores re-check their credentials unless they set `refreshInterval`.
+    #[arg(long, env = "SECRETSYNC_STORE_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub store_refresh_interval: Duration,
+}
+
+pub async fn execute(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Crds => {
+            print!("{}", api::crds_yaml());
+            Ok(())
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), BoxError> {
+    telemetry::init(args.log_format, &args.log_level);
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    ensure_crds_installed(&client, args.namespace.as_deref()).await?;
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = tokio::spawn(server::serve(
+        args.metrics_address,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    let hasher = DataHasher::load_or_create(
+        client.clone(),
+        &args.operator_namespace,
+        &args.hash_key_secret,
+    )
+    .await?;
+    let aws = aws_config::load_from_env().await;
+    let ctx = Arc::new(Context::new(
+        client,
+        aws,
+        hasher,
+        metrics,
+        args.store_refresh_interval,
+    ));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "secretsync started"
+    );
+    controller::run(ctx, args.namespace).await;
+    http.abort();
+    tracing::info!("secretsync stopped");
+    Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, BoxError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            Config::from_custom_kubeconfig(
+                Kubeconfig::read_from(path)?,
+                &KubeConfigOptions::default(),
+            )
+            .await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+async fn ensure_crds_installed(client: &Client, namespace: Option<&str>) -> Result<(), BoxError> {
+    let api: Api<ExternalSecret> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
+            "the secretsync CRDs are not installed: run `kubectl apply -f crds/` (or `secretsync crds | kubectl apply -f -`)"
+        )
+        .into()),
+        result => result.map(|_| ()).map_err(Into::into),
+    }
+}

@@ -1,0 +1,217 @@
+//! The SecretStore and ClusterSecretStore controllers: check that a store's configuration and credentials
+//! work, and say so in its Ready condition.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{WatchStreamExt, predicates};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::Context;
+use super::stores::{self, StoreScope};
+use crate::api::{
+    ClusterSecretStore, READY, SecretStore, SecretStoreSpec, SecretStoreStatus, StoreKind,
+    ready_condition, set_condition,
+};
+use crate::error::{Error, Result};
+use crate::provider::SecretProvider;
+use crate::target::FIELD_MANAGER;
+
+trait StoreObject:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    const KIND: StoreKind;
+    fn spec(&self) -> &SecretStoreSpec;
+    fn status(&self) -> Option<&SecretStoreStatus>;
+    fn api(&self, client: kube::Client) -> Api<Self>;
+}
+
+impl StoreObject for SecretStore {
+    const KIND: StoreKind = StoreKind::SecretStore;
+    fn spec(&self) -> &SecretStoreSpec {
+        &self.spec
+    }
+    fn status(&self) -> Option<&SecretStoreStatus> {
+        self.status.as_ref()
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl StoreObject for ClusterSecretStore {
+    const KIND: StoreKind = StoreKind::ClusterSecretStore;
+    fn spec(&self) -> &SecretStoreSpec {
+        &self.spec.store
+    }
+    fn status(&self) -> Option<&SecretStoreStatus> {
+        self.status.as_ref()
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+pub async fn run_namespaced(ctx: Arc<Context>, namespace: Option<String>) {
+    let api = match namespace {
+        Some(ns) => Api::<SecretStore>::namespaced(ctx.client.clone(), &ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    run(ctx, api).await
+}
+
+pub async fn run_cluster(ctx: Arc<Context>) {
+    run(
+        ctx.clone(),
+        Api::<ClusterSecretStore>::all(ctx.client.clone()),
+    )
+    .await
+}
+
+async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>) {
+    let (reader, writer) = reflector::store();
+    // Status writes must not trigger another credentials check.
+    let stores = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(stores, reader)
+        .shutdown_on_signal()
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let namespace = store.namespace();
+    let scope = StoreScope {
+        kind: K::KIND,
+        store_namespace: namespace.as_deref(),
+        requester_namespace: None,
+    };
+    let result = check(&ctx, store.spec(), &scope).await;
+    ctx.metrics.reconcile_duration(
+        &K::kind(&()).to_lowercase(),
+        started.elapsed().as_secs_f64(),
+    );
+    let (ready, reason, message) = match &result {
+        Ok(message) => (true, "Valid", message.clone()),
+        Err(err) => (false, store_reason(err), err.to_string()),
+    };
+    ctx.metrics
+        .store_ready(namespace.as_deref(), &store.name_any(), ready);
+    report(store.as_ref(), &ctx, ready, reason, message).await?;
+
+    let refresh = store
+        .spec()
+        .refresh_interval
+        .filter(|secs| *secs > 0)
+        .map_or(ctx.store_refresh, |secs| Duration::from_secs(secs.into()));
+    match result {
+        Err(err) if err.is_transient() => Err(err),
+        _ => {
+            ctx.backoff.reset(&key(store.as_ref()));
+            Ok(Action::requeue(refresh))
+        }
+    }
+}
+
+fn error_policy<K: StoreObject>(store: Arc<K>, _err: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff.next(&key(store.as_ref())))
+}
+
+fn key<K: StoreObject>(store: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::KIND,
+        store.namespace().unwrap_or_default(),
+        store.name_any()
+    )
+}
+
+/// A configuration mistake is `InvalidProviderConfig`; anything the provider said is `ValidationFailed`.
+fn store_reason(err: &Error) -> &'static str {
+    match err {
+        Error::InvalidStoreConfig(_) | Error::CredentialsSecret { .. } => "InvalidProviderConfig",
+        _ => "ValidationFailed",
+    }
+}
+
+async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
+    match stores::provider(ctx, spec, scope).await? {
+        None => Ok(
+            "credentials come from each ExternalSecret's namespace and are checked when it syncs"
+                .into(),
+        ),
+        Some(provider) => {
+            let identity = provider.validate().await?;
+            Ok(format!("credentials valid for {identity}"))
+        }
+    }
+}
+
+/// Writes the Ready condition and an event, only when the condition changed.
+async fn report<K: StoreObject>(
+    store: &K,
+    ctx: &Context,
+    ready: bool,
+    reason: &str,
+    message: String,
+) -> Result<()> {
+    let mut status = store.status().cloned().unwrap_or_default();
+    let generation = store.meta().generation;
+    let unchanged = status.conditions.iter().any(|c| {
+        c.type_ == READY
+            && (c.status == "True") == ready
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == generation
+    });
+    if unchanged {
+        return Ok(());
+    }
+    if !ready {
+        tracing::warn!(store = %key(store), reason, error = %message, "store check failed");
+    }
+    set_condition(
+        &mut status.conditions,
+        ready_condition(ready, reason, message.clone(), generation),
+    );
+    let api = store.api(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &store.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    let event = Event {
+        type_: if ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason.to_string(),
+        note: Some(message),
+        action: "Validate".to_string(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
+        tracing::warn!(store = %key(store), error = %err, "could not publish event");
+    }
+    Ok(())
+}

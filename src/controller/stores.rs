@@ -1,0 +1,185 @@
+//! From a store reference to a provider client: finding the store, enforcing namespace boundaries,
+//! reading static credentials.
+
+use aws_credential_types::Credentials;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+use super::Context;
+use crate::api::{
+    AwsProvider, ClusterSecretStore, ExternalSecret, SecretKeySelector, SecretStore,
+    SecretStoreSpec, StoreKind,
+};
+use crate::error::{Error, Result};
+use crate::provider::aws::AwsSecretsManager;
+
+/// Where a store is and who asks: a SecretStore's own namespace bounds everything it may read; a
+/// ClusterSecretStore reads from the requesting ExternalSecret's namespace unless it names one.
+pub struct StoreScope<'a> {
+    pub kind: StoreKind,
+    pub store_namespace: Option<&'a str>,
+    pub requester_namespace: Option<&'a str>,
+}
+
+/// The spec of the store an ExternalSecret names. A SecretStore is looked up only in the ExternalSecret's
+/// own namespace, so a store in another namespace is simply not found.
+pub async fn store_spec(
+    ctx: &Context,
+    es: &ExternalSecret,
+    namespace: &str,
+) -> Result<SecretStoreSpec> {
+    let reference = &es.spec.secret_store_ref;
+    let found = match reference.kind {
+        StoreKind::SecretStore => Api::<SecretStore>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&reference.name)
+            .await?
+            .map(|store| store.spec),
+        StoreKind::ClusterSecretStore => Api::<ClusterSecretStore>::all(ctx.client.clone())
+            .get_opt(&reference.name)
+            .await?
+            .map(|store| store.spec.store),
+    };
+    found.ok_or_else(|| Error::StoreNotFound {
+        kind: reference.kind,
+        name: reference.name.clone(),
+        namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
+    })
+}
+
+pub fn aws_spec(spec: &SecretStoreSpec) -> Result<&AwsProvider> {
+    spec.provider
+        .aws
+        .as_ref()
+        .ok_or_else(|| Error::InvalidStoreConfig("no provider is set".into()))
+}
+
+/// A client for the store. `Ok(None)` when credentials depend on the requester and none is given
+/// (a referent ClusterSecretStore being checked on its own).
+pub async fn provider(
+    ctx: &Context,
+    spec: &SecretStoreSpec,
+    scope: &StoreScope<'_>,
+) -> Result<Option<AwsSecretsManager>> {
+    let aws = aws_spec(spec)?;
+    let credentials = match aws.auth.as_ref().and_then(|auth| auth.secret_ref.as_ref()) {
+        None => None,
+        Some(secret_ref) => {
+            let read = |selector| read_key(ctx, selector, scope);
+            let (Some(access_key), Some(secret_key)) = (
+                read(&secret_ref.access_key_id_secret_ref).await?,
+                read(&secret_ref.secret_access_key_secret_ref).await?,
+            ) else {
+                return Ok(None);
+            };
+            let session_token = match &secret_ref.session_token_secret_ref {
+                Some(selector) => read(selector).await?,
+                None => None,
+            };
+            Some(Credentials::new(
+                access_key,
+                secret_key,
+                session_token,
+                None,
+                "secretsync-store",
+            ))
+        }
+    };
+    AwsSecretsManager::new(&ctx.aws, aws, credentials, ctx.metrics.clone()).map(Some)
+}
+
+async fn read_key(
+    ctx: &Context,
+    selector: &SecretKeySelector,
+    scope: &StoreScope<'_>,
+) -> Result<Option<String>> {
+    let Some(namespace) = secret_namespace(selector, scope)? else {
+        return Ok(None);
+    };
+    let problem = |problem: String| Error::CredentialsSecret {
+        namespace: namespace.to_string(),
+        name: selector.name.clone(),
+        problem,
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&selector.name)
+        .await?
+        .ok_or_else(|| problem("not found".into()))?;
+    let value = secret
+        .data
+        .and_then(|mut data| data.remove(&selector.key))
+        .ok_or_else(|| problem(format!("has no key {:?}", selector.key)))?;
+    String::from_utf8(value.0)
+        .map(|v| Some(v.trim().to_string()))
+        .map_err(|_| problem(format!("key {:?} is not UTF-8", selector.key)))
+}
+
+fn secret_namespace<'a>(
+    selector: &'a SecretKeySelector,
+    scope: &StoreScope<'a>,
+) -> Result<Option<&'a str>> {
+    match scope.kind {
+        StoreKind::SecretStore => match (selector.namespace.as_deref(), scope.store_namespace) {
+            (Some(named), Some(own)) if named != own => Err(Error::InvalidStoreConfig(format!(
+                "a SecretStore may only read Secrets in its own namespace {own:?}, not {named:?}"
+            ))),
+            (_, own) => Ok(own),
+        },
+        StoreKind::ClusterSecretStore => {
+            Ok(selector.namespace.as_deref().or(scope.requester_namespace))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(namespace: Option<&str>) -> SecretKeySelector {
+        SecretKeySelector {
+            name: "creds".into(),
+            key: "id".into(),
+            namespace: namespace.map(String::from),
+        }
+    }
+
+    #[test]
+    fn secret_store_cannot_reach_other_namespaces() {
+        let scope = StoreScope {
+            kind: StoreKind::SecretStore,
+            store_namespace: Some("team-a"),
+            requester_namespace: Some("team-a"),
+        };
+        assert_eq!(
+            secret_namespace(&selector(None), &scope).unwrap(),
+            Some("team-a")
+        );
+        assert_eq!(
+            secret_namespace(&selector(Some("team-a")), &scope).unwrap(),
+            Some("team-a")
+        );
+        let err = secret_namespace(&selector(Some("team-b")), &scope).unwrap_err();
+        assert_eq!(err.reason(), "InvalidStoreConfig");
+    }
+
+    #[test]
+    fn cluster_store_uses_the_referent_namespace() {
+        let scope = StoreScope {
+            kind: StoreKind::ClusterSecretStore,
+            store_namespace: None,
+            requester_namespace: Some("team-b"),
+        };
+        assert_eq!(
+            secret_namespace(&selector(None), &scope).unwrap(),
+            Some("team-b")
+        );
+        assert_eq!(
+            secret_namespace(&selector(Some("ops")), &scope).unwrap(),
+            Some("ops")
+        );
+        let alone = StoreScope {
+            requester_namespace: None,
+            ..scope
+        };
+        assert_eq!(secret_namespace(&selector(None), &alone).unwrap(), None);
+    }
+}

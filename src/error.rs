@@ -1,0 +1,116 @@
+//! One error type for the operator. Each variant maps to a condition reason (also the event reason) and says
+//! whether retrying soon can help: transient errors back off with jitter, permanent ones wait for a change.
+
+use crate::api::StoreKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name:?} not found{}", in_namespace(namespace))]
+    StoreNotFound {
+        kind: StoreKind,
+        name: String,
+        namespace: Option<String>,
+    },
+
+    #[error("invalid store configuration: {0}")]
+    InvalidStoreConfig(String),
+
+    #[error("invalid ExternalSecret: {0}")]
+    InvalidSpec(String),
+
+    #[error("credentials Secret {namespace}/{name}: {problem}")]
+    CredentialsSecret {
+        namespace: String,
+        name: String,
+        problem: String,
+    },
+
+    #[error("AWS rejected the credentials: {0}")]
+    InvalidCredentials(String),
+
+    #[error("access denied{}: {detail}", for_key(key))]
+    AccessDenied { key: Option<String>, detail: String },
+
+    #[error("remote key {key:?} not found: {detail}")]
+    RemoteKeyNotFound { key: String, detail: String },
+
+    #[error("remote key {key:?} has no property {property:?}")]
+    PropertyNotFound { key: String, property: String },
+
+    #[error("remote key {key:?}: {problem}")]
+    InvalidRemoteValue { key: String, problem: String },
+
+    #[error("{call} failed{}: {detail}", for_key(key))]
+    Provider {
+        call: &'static str,
+        key: Option<String>,
+        detail: String,
+    },
+
+    #[error(
+        "Secret {0:?} exists and is not owned by this ExternalSecret; refusing to overwrite it"
+    )]
+    SecretConflict(String),
+
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn in_namespace(namespace: &Option<String>) -> String {
+    namespace
+        .as_ref()
+        .map(|ns| format!(" in namespace {ns:?}"))
+        .unwrap_or_default()
+}
+
+fn for_key(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!(" for remote key {k:?}"))
+        .unwrap_or_default()
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The condition and event reason: stable, PascalCase, documented in the README.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::StoreNotFound { .. } => "StoreNotFound",
+            Error::InvalidStoreConfig(_) => "InvalidStoreConfig",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::CredentialsSecret { .. } => "CredentialsSecretError",
+            Error::InvalidCredentials(_) => "InvalidCredentials",
+            Error::AccessDenied { .. } => "AccessDenied",
+            Error::RemoteKeyNotFound { .. } => "RemoteKeyNotFound",
+            Error::PropertyNotFound { .. } => "PropertyNotFound",
+            Error::InvalidRemoteValue { .. } => "InvalidRemoteValue",
+            Error::Provider { .. } => "ProviderError",
+            Error::SecretConflict(_) => "SecretConflict",
+            Error::Kube(_) => "SecretSyncedError",
+        }
+    }
+
+    /// Transient errors (throttling, server errors, timeouts, API server hiccups) are retried soon;
+    /// the rest need someone to change something, so they are reported and retried slowly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Provider { .. } => true,
+            Error::Kube(kube::Error::Api(status)) => {
+                status.code == 429 || status.code >= 500 || status.code == 409
+            }
+            Error::Kube(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Errors that come from the provider (as opposed to our configuration or the cluster).
+    pub fn is_provider_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidCredentials(_)
+                | Error::AccessDenied { .. }
+                | Error::RemoteKeyNotFound { .. }
+                | Error::Provider { .. }
+        )
+    }
+}

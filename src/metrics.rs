@@ -1,0 +1,137 @@
+//! Prometheus metrics, named as External Secrets Operator names them so that existing dashboards work.
+//! Labels carry object names only, never values or remote key contents.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    sync_calls: IntCounterVec,
+    sync_errors: IntCounterVec,
+    es_condition: IntGaugeVec,
+    store_condition: IntGaugeVec,
+    cluster_store_condition: IntGaugeVec,
+    provider_calls: IntCounterVec,
+    reconcile_duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "secretsync_reconcile_duration_seconds",
+                "Time spent in one reconcile",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["controller"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reconcile_duration.clone()))
+            .expect("unique metric");
+        Metrics {
+            sync_calls: counter(
+                "externalsecret_sync_calls_total",
+                "Total ExternalSecret syncs",
+                &["name", "namespace"],
+            ),
+            sync_errors: counter(
+                "externalsecret_sync_calls_error",
+                "ExternalSecret syncs that failed",
+                &["name", "namespace"],
+            ),
+            es_condition: gauge(
+                "externalsecret_status_condition",
+                "ExternalSecret condition status (1 for the current status)",
+                &["name", "namespace", "condition", "status"],
+            ),
+            store_condition: gauge(
+                "secretstore_status_condition",
+                "SecretStore condition status",
+                &["name", "namespace", "condition", "status"],
+            ),
+            cluster_store_condition: gauge(
+                "clustersecretstore_status_condition",
+                "ClusterSecretStore condition status",
+                &["name", "condition", "status"],
+            ),
+            provider_calls: counter(
+                "externalsecret_provider_api_calls_count",
+                "Calls to secret providers by call and outcome",
+                &["provider", "call", "status"],
+            ),
+            reconcile_duration,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn sync(&self, namespace: &str, name: &str, ok: bool) {
+        self.sync_calls.with_label_values(&[name, namespace]).inc();
+        if !ok {
+            self.sync_errors.with_label_values(&[name, namespace]).inc();
+        }
+    }
+
+    pub fn external_secret_ready(&self, namespace: &str, name: &str, ready: bool) {
+        for (status, value) in [("True", ready), ("False", !ready)] {
+            self.es_condition
+                .with_label_values(&[name, namespace, "Ready", status])
+                .set(value.into());
+        }
+    }
+
+    pub fn store_ready(&self, namespace: Option<&str>, name: &str, ready: bool) {
+        for (status, value) in [("True", ready), ("False", !ready)] {
+            match namespace {
+                Some(ns) => self
+                    .store_condition
+                    .with_label_values(&[name, ns, "Ready", status]),
+                None => self
+                    .cluster_store_condition
+                    .with_label_values(&[name, "Ready", status]),
+            }
+            .set(value.into());
+        }
+    }
+
+    pub fn provider_call(&self, provider: &str, call: &str, ok: bool) {
+        let status = if ok { "success" } else { "error" };
+        self.provider_calls
+            .with_label_values(&[provider, call, status])
+            .inc();
+    }
+
+    pub fn reconcile_duration(&self, controller: &str, seconds: f64) {
+        self.reconcile_duration
+            .with_label_values(&[controller])
+            .observe(seconds);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,142 @@
+//! AWS Secrets Manager.
+
+use std::sync::Arc;
+
+use aws_config::{Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+
+use super::{RemoteSecret, RemoteValue, SecretProvider, Version};
+use crate::api;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+const PROVIDER: &str = "AWS/SecretsManager";
+
+pub struct AwsSecretsManager {
+    secrets: aws_sdk_secretsmanager::Client,
+    sts: aws_sdk_sts::Client,
+    prefix: String,
+    metrics: Arc<Metrics>,
+}
+
+impl AwsSecretsManager {
+    /// Clients for one store. `base` is the operator's own configuration (default credential chain, endpoint
+    /// overrides such as `AWS_ENDPOINT_URL`); `credentials` replace its credentials when the store has its own.
+    pub fn new(
+        base: &SdkConfig,
+        spec: &api::AwsProvider,
+        credentials: Option<Credentials>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let region = spec
+            .region
+            .clone()
+            .map(Region::new)
+            .or_else(|| base.region().cloned())
+            .ok_or_else(|| {
+                Error::InvalidStoreConfig(
+                    "provider.aws.region is required: the operator's environment sets no AWS region".into(),
+                )
+            })?;
+        let mut config = base.to_builder().region(region);
+        if let Some(credentials) = credentials {
+            config = config.credentials_provider(SharedCredentialsProvider::new(credentials));
+        }
+        let config = config.build();
+        Ok(AwsSecretsManager {
+            secrets: aws_sdk_secretsmanager::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
+            prefix: spec.prefix.clone().unwrap_or_default(),
+            metrics,
+        })
+    }
+
+    fn record<T, E>(&self, call: &str, result: &std::result::Result<T, E>) {
+        self.metrics.provider_call(PROVIDER, call, result.is_ok());
+    }
+}
+
+impl SecretProvider for AwsSecretsManager {
+    async fn get_secret(&self, key: &str, version: &Version) -> Result<RemoteSecret> {
+        let request = self
+            .secrets
+            .get_secret_value()
+            .secret_id(format!("{}{key}", self.prefix));
+        let request = match version {
+            Version::Stage(stage) => request.version_stage(stage),
+            Version::Id(id) => request.version_id(id),
+        };
+        let result = request.send().await;
+        self.record("GetSecretValue", &result);
+        let output = result.map_err(|err| classify("GetSecretValue", Some(key), err))?;
+        let value = match (output.secret_string, output.secret_binary) {
+            (Some(text), _) => RemoteValue::Text(text),
+            (None, Some(blob)) => RemoteValue::Binary(blob.into_inner()),
+            (None, None) => {
+                return Err(Error::InvalidRemoteValue {
+                    key: key.to_string(),
+                    problem: "the version holds no value".into(),
+                });
+            }
+        };
+        Ok(RemoteSecret {
+            version_id: output.version_id,
+            value,
+        })
+    }
+
+    async fn validate(&self) -> Result<String> {
+        let result = self.sts.get_caller_identity().send().await;
+        self.record("GetCallerIdentity", &result);
+        let identity = result.map_err(|err| classify("GetCallerIdentity", None, err))?;
+        Ok(identity.arn.unwrap_or_default())
+    }
+}
+
+/// Maps an SDK error to our error classes by its AWS error code, falling back on the HTTP status: an
+/// access denial can come back as a bare 403 whose body the SDK cannot parse.
+fn classify<E>(
+    call: &'static str,
+    key: Option<&str>,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err
+        .raw_response()
+        .map(|response| response.status().as_u16());
+    let code = err.code().unwrap_or_default().to_string();
+    let detail = match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+    };
+    let key = key.map(str::to_string);
+    match code.as_str() {
+        "ResourceNotFoundException" => Error::RemoteKeyNotFound {
+            key: key.unwrap_or_default(),
+            detail,
+        },
+        // A secret scheduled for deletion can no longer be read: for us it is gone.
+        "InvalidRequestException" if detail.contains("deletion") => Error::RemoteKeyNotFound {
+            key: key.unwrap_or_default(),
+            detail,
+        },
+        "AccessDeniedException" | "AccessDenied" | "DecryptionFailure" => {
+            Error::AccessDenied { key, detail }
+        }
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => Error::InvalidCredentials(detail),
+        _ if status == Some(403) => Error::AccessDenied { key, detail },
+        _ if status == Some(401) => Error::InvalidCredentials(detail),
+        _ => Error::Provider { call, key, detail },
+    }
+}
