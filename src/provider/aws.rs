@@ -108,14 +108,23 @@ where
     let status = err
         .raw_response()
         .map(|response| response.status().as_u16());
-    let code = err.code().unwrap_or_default().to_string();
-    let detail = match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_string(),
-        _ => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+    let (code, message) = match err.code() {
+        Some(code) => (Some(code.to_string()), err.message().map(str::to_string)),
+        None => err
+            .raw_response()
+            .and_then(|response| response.body().bytes())
+            .and_then(xml_error)
+            .map_or((None, None), |(code, message)| (Some(code), message)),
+    };
+    let detail = match (&code, &message, status) {
+        (Some(code), Some(message), _) => format!("{code}: {message}"),
+        (Some(code), None, _) => code.clone(),
+        (None, _, Some(status)) => format!("HTTP {status}"),
+        // No response at all: a timeout, a connection or credentials-chain failure.
+        (None, _, None) => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
     };
     let key = key.map(str::to_string);
-    match code.as_str() {
+    match code.as_deref().unwrap_or_default() {
         "ResourceNotFoundException" => Error::RemoteKeyNotFound {
             key: key.unwrap_or_default(),
             detail,
@@ -138,5 +147,36 @@ where
         _ if status == Some(403) => Error::AccessDenied { key, detail },
         _ if status == Some(401) => Error::InvalidCredentials(detail),
         _ => Error::Provider { call, key, detail },
+    }
+}
+
+/// Code and message of an XML error body. Some front ends answer in XML whatever the service's protocol
+/// (moto does for every IAM denial), which the JSON-protocol SDK cannot parse. Error bodies hold no values.
+fn xml_error(body: &[u8]) -> Option<(String, Option<String>)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_string())
+    };
+    Some((element("Code")?, element("Message")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_xml_error_bodies() {
+        let body = br#"<?xml version="1.0"?><ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code><Message>The security token included in the request is invalid.</Message></Error></Errors></ErrorResponse>"#;
+        let (code, message) = xml_error(body).unwrap();
+        assert_eq!(code, "InvalidClientTokenId");
+        assert_eq!(
+            message.unwrap(),
+            "The security token included in the request is invalid."
+        );
+        assert_eq!(xml_error(b"<AccessDenied/>"), None);
+        assert_eq!(xml_error(b"{}"), None);
     }
 }

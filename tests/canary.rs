@@ -1,0 +1,90 @@
+//! A planted secret value must never reach the operator's logs (at trace level, every crate), events or status.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Operator, TIMEOUT, TestContext, wait_for};
+
+const CANARY: &str = "canary-8c1f0e6b-do-not-log";
+
+#[tokio::test]
+async fn canary_value_never_appears_in_logs_events_or_status() {
+    let t = TestContext::new("canary").await;
+    let json_value = format!(r#"{{"password":"{CANARY}","user":"app"}}"#);
+    let json_key = t.create_remote("json", &json_value).await;
+    let plain_key = t.create_remote("plain", CANARY).await;
+    t.default_store("aws").await;
+    let operator = Operator::start(&t.namespace, &[("RUST_LOG", "trace")]);
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: canary}}\nspec:\n  \
+         refreshInterval: 1h\n  secretStoreRef: {{name: aws}}\n  data:\n  \
+         - {{secretKey: password, remoteRef: {{key: {json_key}, property: password}}}}\n  \
+         - {{secretKey: whole, remoteRef: {{key: {plain_key}}}}}\n"
+    ))
+    .await;
+    // An error path on a value holding the canary too: a property that does not exist.
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: broken}}\nspec:\n  \
+         secretStoreRef: {{name: aws}}\n  data:\n  - {{secretKey: x, remoteRef: {{key: {json_key}, property: nope}}}}\n"
+    ))
+    .await;
+
+    wait_for("the canary Secret", TIMEOUT, || async {
+        let data = t.secret_data("canary").await.ok_or("absent")?;
+        (data.get("password").map(String::as_str) == Some(CANARY))
+            .then_some(())
+            .ok_or("not synced")
+    })
+    .await;
+    wait_for("the broken one to fail", TIMEOUT, || async {
+        t.es_ready("broken")
+            .await
+            .filter(|c| c.0 == "False")
+            .ok_or("no failure yet")
+    })
+    .await;
+    // A rotation, so that update paths are logged too.
+    t.put_remote(&plain_key, &format!("{CANARY}-2")).await;
+    t.force_sync("canary", "1").await;
+    wait_for("the rotation", TIMEOUT, || async {
+        let data = t.secret_data("canary").await.ok_or("absent")?;
+        (data.get("whole").map(String::as_str) == Some(&format!("{CANARY}-2")))
+            .then_some(())
+            .ok_or("old value")
+    })
+    .await;
+
+    let log = operator.log();
+    assert!(
+        log.lines().count() > 100,
+        "trace logging was on: {} lines",
+        log.lines().count()
+    );
+    let forms = [
+        CANARY.to_string(),
+        STANDARD.encode(CANARY),
+        STANDARD.encode(format!("{CANARY}-2")),
+        STANDARD.encode(&json_value),
+    ];
+    for form in &forms {
+        assert!(
+            !log.contains(form.as_str()),
+            "the operator log contains {form:?} ({})",
+            operator.log_path.display()
+        );
+    }
+
+    let mut reported = format!("{:?}", t.events_for("canary").await);
+    reported += &format!("{:?}", t.events_for("broken").await);
+    for name in ["canary", "broken"] {
+        let es = t.external_secrets().get(name).await.unwrap();
+        reported += &serde_json::to_string(&es.status).unwrap();
+    }
+    for form in &forms {
+        assert!(
+            !reported.contains(form.as_str()),
+            "events or status contain {form:?}: {reported}"
+        );
+    }
+}
