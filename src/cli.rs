@@ -154,10 +154,10 @@ async fn ensure_crds_installed(client: &Client, namespace: Option<&str>) -> Resu
         None => Api::all(client.clone()),
     };
     match api.list(&ListParams::default().limit(1)).await {
-        Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(
             "the secretsync CRDs are not installed: run `kubectl apply -f crds/` (or `secretsync crds | kubectl apply -f -`)"
-        )
-        .into()),
+                .into(),
+        ),
         result => result.map(|_| ()).map_err(Into::into),
     }
 }

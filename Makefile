@@ -1,0 +1,30 @@
+# Everything a developer or CI runs. `make demo` and `make test` set up what they need on a fresh machine.
+.PHONY: all build demo test test-env test-env-down crds lint
+
+all: build
+
+build:
+	cargo build --locked
+
+## Build, start the local stack, sync a sample secret and show a rotation reaching the Secret.
+demo:
+	hack/demo.sh
+
+## Lint, then every test against the real API server and moto (the stack starts if needed).
+test:
+	hack/run-tests.sh
+
+## The local stack: etcd, kube-apiserver, kube-controller-manager and moto, on loopback.
+test-env:
+	hack/testenv.sh up
+
+test-env-down:
+	hack/testenv.sh down
+
+## Regenerate crds/ from the Rust types.
+crds:
+	cargo run --quiet --locked -- crds > crds/secretsync.yaml
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
