@@ -494,3 +494,70 @@ async fn an_unrelated_secret_is_never_overwritten() {
     assert_eq!(reason, "SecretConflict");
     assert_eq!(secret_value(&t, "api", "key").await.unwrap(), "hand-made");
 }
+
+#[tokio::test]
+async fn cluster_store_with_referent_credentials_syncs() {
+    let t = TestContext::new("cluster-store").await;
+    let key = t.create_remote("api", "through-the-cluster-store").await;
+    let vars = common::env_vars();
+    let credentials = Secret {
+        metadata: ObjectMeta {
+            name: Some("aws-creds".into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            [
+                ("id".to_string(), vars["AWS_ACCESS_KEY_ID"].clone()),
+                ("secret".to_string(), vars["AWS_SECRET_ACCESS_KEY"].clone()),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    t.secrets()
+        .create(&PostParams::default(), &credentials)
+        .await
+        .unwrap();
+    // Cluster-scoped, so named after the test namespace to stay out of other tests' way.
+    let store = format!("{}-store", t.namespace);
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ClusterSecretStore\nmetadata: {{name: {store}}}\nspec:\n  provider:\n    aws:\n      \
+         service: SecretsManager\n      region: us-east-1\n      auth:\n        secretRef:\n          \
+         accessKeyIDSecretRef: {{name: aws-creds, key: id}}\n          secretAccessKeySecretRef: {{name: aws-creds, key: secret}}\n"
+    ))
+    .await;
+    let _operator = t.start_operator();
+    let manifest = external_secret("api", &store, "1h", &[("key", &key, None)])
+        .replace("\"SecretStore\"", "\"ClusterSecretStore\"");
+    t.apply_yaml(&manifest).await;
+
+    wait_for("the Secret", TIMEOUT, || async {
+        secret_value(&t, "api", "key")
+            .await
+            .and_then(|v| (v == "through-the-cluster-store").then_some(()).ok_or(v))
+    })
+    .await;
+    let stores = kube::Api::<secretsync::api::ClusterSecretStore>::all(t.client.clone());
+    let condition = wait_for("store Ready", TIMEOUT, || async {
+        let conditions = stores
+            .get(&store)
+            .await
+            .unwrap()
+            .status
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .ok_or("no condition yet")
+    })
+    .await;
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Valid")
+    );
+    stores
+        .delete(&store, &DeleteParams::default())
+        .await
+        .unwrap();
+}
