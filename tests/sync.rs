@@ -59,7 +59,7 @@ async fn first_sync_writes_owned_secret_and_status() {
     let token = t.create_remote("token", "plain-token").await;
     let blob = t.create_remote_binary("blob", &[0, 1, 254, 255]).await;
     t.default_store("aws").await;
-    let _operator = t.start_operator();
+    let operator = t.start_operator();
     let manifest = external_secret(
         "app",
         "aws",
@@ -146,6 +146,21 @@ async fn first_sync_writes_owned_secret_and_status() {
             .ok_or(events)
     })
     .await;
+
+    assert_eq!(operator.http_get("/readyz").await.unwrap().0, 200);
+    assert_eq!(operator.http_get("/healthz").await.unwrap().0, 200);
+    let (code, metrics) = operator.http_get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let ns = &t.namespace;
+    for series in [
+        format!(r#"externalsecret_sync_calls_total{{name="app",namespace="{ns}"}} 1"#),
+        format!(r#"externalsecret_status_condition{{condition="Ready",name="app",namespace="{ns}",status="True"}} 1"#),
+        format!(r#"secretstore_status_condition{{condition="Ready",name="aws",namespace="{ns}",status="True"}} 1"#),
+        r#"externalsecret_provider_api_calls_count{call="GetSecretValue",provider="AWS/SecretsManager",status="success"} 3"#.to_string(),
+    ] {
+        assert!(metrics.contains(&series), "missing {series} in:\n{metrics}");
+    }
+    assert!(metrics.contains("secretsync_reconcile_duration_seconds_bucket"));
 }
 
 #[tokio::test]

@@ -311,6 +311,8 @@ impl Drop for TestContext {
 pub struct Operator {
     child: Child,
     pub log_path: PathBuf,
+    /// Base URL of its /metrics, /healthz and /readyz.
+    pub http_url: String,
 }
 
 impl Operator {
@@ -320,6 +322,11 @@ impl Operator {
         std::fs::create_dir_all(&log_dir).expect("log directory");
         let log_path = log_dir.join(format!("{namespace}.log"));
         let log = std::fs::File::create(&log_path).expect("operator log file");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let metrics_address = format!("127.0.0.1:{port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_secretsync"));
         command
             .args([
@@ -331,7 +338,7 @@ impl Operator {
             ])
             .args([
                 "--metrics-address",
-                "127.0.0.1:0",
+                &metrics_address,
                 "--log-level",
                 "info,secretsync=debug",
             ])
@@ -347,7 +354,29 @@ impl Operator {
         Operator {
             child: command.spawn().expect("start the secretsync binary"),
             log_path,
+            http_url: format!("http://{metrics_address}"),
         }
+    }
+
+    /// GET a path of the operator's HTTP server: (status code, body).
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String), String> {
+        let output = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("{}{path}", self.http_url),
+            ])
+            .output()
+            .await
+            .map_err(|err| format!("curl is required: {err}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').ok_or("no response")?;
+        Ok((
+            code.parse()
+                .map_err(|_| format!("no HTTP status in {text:?}"))?,
+            body.to_string(),
+        ))
     }
 
     pub fn log(&self) -> String {
