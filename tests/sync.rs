@@ -50,6 +50,32 @@ async fn secret_value(t: &TestContext, name: &str, key: &str) -> Result<String, 
     }
 }
 
+/// Waits until Secret `name` holds `expected` under `key`.
+async fn wait_for_value(t: &TestContext, name: &str, key: &str, expected: &str) {
+    wait_for(
+        &format!("{name}[{key}] = {expected:?}"),
+        TIMEOUT,
+        || async {
+            secret_value(t, name, key)
+                .await
+                .and_then(|v| (v == expected).then_some(()).ok_or(v))
+        },
+    )
+    .await
+}
+
+/// Waits until ExternalSecret `name` is Ready=False; returns (reason, message).
+async fn wait_for_failure(t: &TestContext, name: &str) -> (String, String) {
+    let (_, reason, message) = wait_for(&format!("{name} Ready=False"), TIMEOUT, || async {
+        t.es_ready(name)
+            .await
+            .filter(|c| c.0 == "False")
+            .ok_or("no failure yet")
+    })
+    .await;
+    (reason, message)
+}
+
 #[tokio::test]
 async fn first_sync_writes_owned_secret_and_status() {
     let t = TestContext::new("first-sync").await;
@@ -171,21 +197,11 @@ async fn force_sync_annotation_picks_up_a_rotation() {
     let _operator = t.start_operator();
     t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
         .await;
-    wait_for("first value", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "value-1").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "value-1").await;
 
     let version = t.put_remote(&key, "value-2").await;
     t.force_sync("api", "1").await;
-    wait_for("rotated value", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "value-2").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "value-2").await;
     wait_for("syncedVersions to follow", TIMEOUT, || async {
         let status = t
             .external_secrets()
@@ -218,19 +234,9 @@ async fn refresh_interval_picks_up_a_rotation() {
     let _operator = t.start_operator();
     t.apply_yaml(&external_secret("api", "aws", "2s", &[("key", &key, None)]))
         .await;
-    wait_for("first value", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "value-1").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "value-1").await;
     t.put_remote(&key, "value-2").await;
-    wait_for("the refresh to bring the new value", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "value-2").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "value-2").await;
 }
 
 #[tokio::test]
@@ -265,12 +271,7 @@ async fn deleted_or_edited_secret_is_restored() {
         .patch("api", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .unwrap();
-    wait_for("the edited value to be restored", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "the-value").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "the-value").await;
 }
 
 #[tokio::test]
@@ -318,13 +319,7 @@ async fn missing_remote_key_is_reported_and_writes_nothing() {
     ))
     .await;
 
-    let (_, reason, message) = wait_for("Ready=False", TIMEOUT, || async {
-        t.es_ready("api")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    let (reason, message) = wait_for_failure(&t, "api").await;
     assert_eq!(reason, "RemoteKeyNotFound");
     assert!(
         message.contains(&missing),
@@ -409,13 +404,7 @@ async fn bad_credentials_make_the_store_not_ready() {
         "{}",
         condition.message
     );
-    let (_, reason, _) = wait_for("ExternalSecret Ready=False", TIMEOUT, || async {
-        t.es_ready("api")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    let (reason, _) = wait_for_failure(&t, "api").await;
     assert_eq!(reason, "InvalidCredentials");
     assert!(t.secrets().get_opt("api").await.unwrap().is_none());
 }
@@ -436,13 +425,7 @@ async fn stores_in_other_namespaces_are_out_of_reach() {
         &[("key", &key, None)],
     ))
     .await;
-    let (_, reason, message) = wait_for("Ready=False", TIMEOUT, || async {
-        t.es_ready("api")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    let (reason, message) = wait_for_failure(&t, "api").await;
     assert_eq!(reason, "StoreNotFound");
     assert!(
         message.contains("theirs") && message.contains(&t.namespace),
@@ -465,13 +448,7 @@ async fn stores_in_other_namespaces_are_out_of_reach() {
         &[("key", &key, None)],
     ))
     .await;
-    let (_, reason, message) = wait_for("Ready=False", TIMEOUT, || async {
-        t.es_ready("sneaky")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    let (reason, message) = wait_for_failure(&t, "sneaky").await;
     assert_eq!(reason, "InvalidStoreConfig");
     assert!(message.contains("own namespace"), "{message}");
     assert!(t.secrets().get_opt("api").await.unwrap().is_none());
@@ -499,13 +476,7 @@ async fn an_unrelated_secret_is_never_overwritten() {
     t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
         .await;
 
-    let (_, reason, _) = wait_for("Ready=False", TIMEOUT, || async {
-        t.es_ready("api")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    let (reason, _) = wait_for_failure(&t, "api").await;
     assert_eq!(reason, "SecretConflict");
     assert_eq!(secret_value(&t, "api", "key").await.unwrap(), "hand-made");
 }
@@ -546,12 +517,7 @@ async fn cluster_store_with_referent_credentials_syncs() {
         .replace("\"SecretStore\"", "\"ClusterSecretStore\"");
     t.apply_yaml(&manifest).await;
 
-    wait_for("the Secret", TIMEOUT, || async {
-        secret_value(&t, "api", "key")
-            .await
-            .and_then(|v| (v == "through-the-cluster-store").then_some(()).ok_or(v))
-    })
-    .await;
+    wait_for_value(&t, "api", "key", "through-the-cluster-store").await;
     let stores = kube::Api::<secretsync::api::ClusterSecretStore>::all(t.client.clone());
     let condition = wait_for("store Ready", TIMEOUT, || async {
         let conditions = stores

@@ -9,24 +9,24 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
-use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::Context;
 use super::stores::{self, StoreScope};
+use super::{Context, apply_status, publish};
 use crate::api::{
     ClusterSecretStore, ExternalSecret, ExternalSecretStatus, READY, SecretBinding, SecretStore,
     StoreKind, is_ready, ready_condition, set_condition,
 };
 use crate::error::{Error, Result};
 use crate::provider::{RemoteSecret, SecretProvider, Version, mapping};
-use crate::target::{self, FIELD_MANAGER, MANAGED_LABEL, Written};
+use crate::target::{self, MANAGED_LABEL, Written};
 
 const CONTROLLER: &str = "externalsecret";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
@@ -314,7 +314,7 @@ async fn record_success(
         Written::Unchanged => None,
     };
     if let Some((reason, note)) = event {
-        publish(ctx, es, EventType::Normal, reason, note).await;
+        publish(ctx, es, EventType::Normal, "Sync", reason, note).await;
     }
     Ok(())
 }
@@ -348,7 +348,7 @@ async fn record_failure(
     } else {
         "UpdateFailed"
     };
-    publish(ctx, es, EventType::Warning, reason, err.to_string()).await;
+    publish(ctx, es, EventType::Warning, "Sync", reason, err.to_string()).await;
     Ok(())
 }
 
@@ -358,27 +358,10 @@ async fn patch_status(
     namespace: &str,
     status: &ExternalSecretStatus,
 ) -> Result<()> {
-    let api: Api<ExternalSecret> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({
-        "apiVersion": ExternalSecret::api_version(&()),
-        "kind": ExternalSecret::kind(&()),
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&es.name_any(), &params, &Patch::Apply(patch))
-        .await?;
-    Ok(())
-}
-
-async fn publish(ctx: &Context, es: &ExternalSecret, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Sync".to_string(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &es.object_ref(&())).await {
-        tracing::warn!(externalsecret = %key(es), error = %err, "could not publish event");
-    }
+    apply_status(
+        &Api::<ExternalSecret>::namespaced(ctx.client.clone(), namespace),
+        es,
+        status,
+    )
+    .await
 }

@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
 
 use crate::data_hash::DataHasher;
+use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
 
 pub struct Context {
@@ -59,4 +63,42 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         secret_store::run_namespaced(ctx.clone(), namespace),
         secret_store::run_cluster(ctx),
     );
+}
+
+/// Writes an object's whole status with server-side apply under our field manager, so that fields we no
+/// longer set (a removed syncedVersions key) disappear.
+async fn apply_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&object.name_any(), &params, &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+/// Records an event on `object`; failing to record one is logged, never fatal to the reconcile.
+async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    action: &str,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(object = %object.name_any(), error = %err, "could not publish event");
+    }
 }

@@ -6,24 +6,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::Context;
 use super::stores::{self, StoreScope};
+use super::{Context, apply_status, publish};
 use crate::api::{
     ClusterSecretStore, READY, SecretStore, SecretStoreSpec, SecretStoreStatus, StoreKind,
     ready_condition, set_condition,
 };
 use crate::error::{Error, Result};
 use crate::provider::SecretProvider;
-use crate::target::FIELD_MANAGER;
 
 trait StoreObject:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
@@ -187,31 +186,12 @@ async fn report<K: StoreObject>(
         &mut status.conditions,
         ready_condition(ready, reason, message.clone(), generation),
     );
-    let api = store.api(ctx.client.clone());
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &store.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    let event = Event {
-        type_: if ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: reason.to_string(),
-        note: Some(message),
-        action: "Validate".to_string(),
-        secondary: None,
+    apply_status(&store.api(ctx.client.clone()), store, &status).await?;
+    let type_ = if ready {
+        EventType::Normal
+    } else {
+        EventType::Warning
     };
-    if let Err(err) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
-        tracing::warn!(store = %key(store), error = %err, "could not publish event");
-    }
+    publish(ctx, store, type_, "Validate", reason, message).await;
     Ok(())
 }
