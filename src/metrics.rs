@@ -114,6 +114,31 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted ExternalSecret's series, so that dashboards and alerts do not see it any more.
+    pub fn forget_external_secret(&self, namespace: &str, name: &str) {
+        // Removing a series that was never set is an error we do not care about.
+        let _ = self.sync_calls.remove_label_values(&[name, namespace]);
+        let _ = self.sync_errors.remove_label_values(&[name, namespace]);
+        for status in ["True", "False"] {
+            let _ = self
+                .es_condition
+                .remove_label_values(&[name, namespace, "Ready", status]);
+        }
+    }
+
+    pub fn forget_store(&self, namespace: Option<&str>, name: &str) {
+        for status in ["True", "False"] {
+            let _ = match namespace {
+                Some(ns) => self
+                    .store_condition
+                    .remove_label_values(&[name, ns, "Ready", status]),
+                None => self
+                    .cluster_store_condition
+                    .remove_label_values(&[name, "Ready", status]),
+            };
+        }
+    }
+
     pub fn provider_call(&self, provider: &str, call: &str, ok: bool) {
         let status = if ok { "success" } else { "error" };
         self.provider_calls

@@ -279,13 +279,20 @@ async fn deleting_the_external_secret_garbage_collects_the_secret() {
     let t = TestContext::new("gc").await;
     let key = t.create_remote("api", "v").await;
     t.default_store("aws").await;
-    let _operator = t.start_operator();
+    let operator = t.start_operator();
     t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
         .await;
     wait_for("first sync", TIMEOUT, || async {
         secret_value(&t, "api", "key").await
     })
     .await;
+
+    let series = format!(r#"name="api",namespace="{}""#, t.namespace);
+    let (_, metrics) = operator.http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&series),
+        "no series before deletion:\n{metrics}"
+    );
 
     t.external_secrets()
         .delete("api", &DeleteParams::default())
@@ -303,6 +310,14 @@ async fn deleting_the_external_secret_garbage_collects_the_secret() {
         },
     )
     .await;
+
+    // Its metric series go with it, so no alert fires for an object that no longer exists.
+    let (_, metrics) = operator.http_get("/metrics").await.unwrap();
+    let series = format!(r#"name="api",namespace="{}""#, t.namespace);
+    assert!(
+        !metrics.contains(&series),
+        "stale series for a deleted ExternalSecret:\n{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -51,9 +51,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let changes = predicates::generation
         .combine(predicates::labels)
         .combine(predicates::annotations);
+    let metrics = ctx.metrics.clone();
     let external_secrets = watcher(external_secrets, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(es)) = event {
+                metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
+            }
+        })
         .applied_objects()
         .predicate_filter(changes, Default::default());
     // Metadata only: secret values never sit in the operator's cache.

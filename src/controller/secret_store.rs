@@ -78,9 +78,15 @@ pub async fn run_cluster(ctx: Arc<Context>) {
 async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>) {
     let (reader, writer) = reflector::store();
     // Status writes must not trigger another credentials check.
+    let metrics = ctx.metrics.clone();
     let stores = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(store)) = event {
+                metrics.forget_store(store.namespace().as_deref(), &store.name_any());
+            }
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(stores, reader)
