@@ -131,7 +131,7 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "testenv=http://127.0.0.1:$peer_port"
-  start moto env INITIAL_NO_AUTH_ACTION_COUNT=1000000 "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port"
+  start moto env INITIAL_NO_AUTH_ACTION_COUNT=1000000 MOTO_RECORDER_FILEPATH="$STATE/moto_recording" "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port"
   wait_for etcd 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
 
   start kube-apiserver "$assets/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
