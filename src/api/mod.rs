@@ -20,7 +20,7 @@ pub fn crds_yaml() -> String {
         ClusterSecretStore::crd(),
     ]
     .iter()
-    .map(|crd| serde_yaml::to_string(crd).expect("a CRD always serializes"))
+    .map(|crd| serde_saphyr::to_string(crd).expect("a CRD always serializes"))
     .collect::<Vec<_>>()
     .join("---\n")
 }

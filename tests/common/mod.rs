@@ -184,7 +184,7 @@ impl TestContext {
 
     /// Server-side apply of one manifest into `namespace`, as `kubectl apply` would.
     pub async fn apply_yaml_in(&self, namespace: &str, yaml: &str) {
-        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML manifest");
+        let value: serde_json::Value = serde_saphyr::from_str(yaml).expect("valid YAML manifest");
         let name = value["metadata"]["name"]
             .as_str()
             .expect("metadata.name")
