@@ -211,9 +211,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         store_namespace: (kind == StoreKind::SecretStore).then_some(namespace),
         requester_namespace: Some(namespace),
     };
-    let provider = stores::provider(ctx, &spec, &scope).await?.ok_or_else(|| {
-        Error::InvalidStoreConfig("the store's credentials name no namespace".into())
-    })?;
+    let provider = stores::provider(ctx, &spec, &scope).await?;
     let (data, versions) = fetch(es, &provider).await?;
     let written = target::apply(&secrets, es, data, &ctx.hasher, existing.as_ref()).await?;
     Ok(Synced::Written {

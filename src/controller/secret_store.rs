@@ -153,16 +153,15 @@ fn store_reason(err: &Error) -> &'static str {
 }
 
 async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
-    match stores::provider(ctx, spec, scope).await? {
-        None => Ok(
+    stores::aws_spec(spec)?;
+    if stores::is_referent(spec, scope.kind) {
+        return Ok(
             "credentials come from each ExternalSecret's namespace and are checked when it syncs"
                 .into(),
-        ),
-        Some(provider) => {
-            let identity = provider.validate().await?;
-            Ok(format!("credentials valid for {identity}"))
-        }
+        );
     }
+    let identity = stores::provider(ctx, spec, scope).await?.validate().await?;
+    Ok(format!("credentials valid for {identity}"))
 }
 
 /// Writes the Ready condition and an event, only when the condition changed.

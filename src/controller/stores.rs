@@ -7,8 +7,8 @@ use kube::api::Api;
 
 use super::Context;
 use crate::api::{
-    AwsProvider, ClusterSecretStore, ExternalSecret, SecretKeySelector, SecretStore,
-    SecretStoreSpec, StoreKind,
+    AwsAuthSecretRef, AwsProvider, ClusterSecretStore, ExternalSecret, SecretKeySelector,
+    SecretStore, SecretStoreSpec, StoreKind,
 };
 use crate::error::{Error, Result};
 use crate::provider::aws::AwsSecretsManager;
@@ -53,48 +53,60 @@ pub fn aws_spec(spec: &SecretStoreSpec) -> Result<&AwsProvider> {
         .ok_or_else(|| Error::InvalidStoreConfig("no provider is set".into()))
 }
 
-/// A client for the store. `Ok(None)` when credentials depend on the requester and none is given
-/// (a referent ClusterSecretStore being checked on its own).
+/// A ClusterSecretStore whose credentials name no namespace reads them from the namespace of each
+/// ExternalSecret that uses it ("referent" authentication), so it cannot be checked on its own.
+pub fn is_referent(spec: &SecretStoreSpec, kind: StoreKind) -> bool {
+    let secret_ref = spec
+        .provider
+        .aws
+        .as_ref()
+        .and_then(|aws| aws.auth.as_ref()?.secret_ref.as_ref());
+    kind == StoreKind::ClusterSecretStore
+        && secret_ref.is_some_and(|r| selectors(r).any(|selector| selector.namespace.is_none()))
+}
+
+fn selectors(secret_ref: &AwsAuthSecretRef) -> impl Iterator<Item = &SecretKeySelector> {
+    [
+        Some(&secret_ref.access_key_id_secret_ref),
+        Some(&secret_ref.secret_access_key_secret_ref),
+        secret_ref.session_token_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// A client for the store, with its static credentials when it has them.
 pub async fn provider(
     ctx: &Context,
     spec: &SecretStoreSpec,
     scope: &StoreScope<'_>,
-) -> Result<Option<AwsSecretsManager>> {
+) -> Result<AwsSecretsManager> {
     let aws = aws_spec(spec)?;
     let credentials = match aws.auth.as_ref().and_then(|auth| auth.secret_ref.as_ref()) {
         None => None,
         Some(secret_ref) => {
-            let read = |selector| read_key(ctx, selector, scope);
-            let (Some(access_key), Some(secret_key)) = (
-                read(&secret_ref.access_key_id_secret_ref).await?,
-                read(&secret_ref.secret_access_key_secret_ref).await?,
-            ) else {
-                return Ok(None);
-            };
             let session_token = match &secret_ref.session_token_secret_ref {
-                Some(selector) => read(selector).await?,
+                Some(selector) => Some(read_key(ctx, selector, scope).await?),
                 None => None,
             };
             Some(Credentials::new(
-                access_key,
-                secret_key,
+                read_key(ctx, &secret_ref.access_key_id_secret_ref, scope).await?,
+                read_key(ctx, &secret_ref.secret_access_key_secret_ref, scope).await?,
                 session_token,
                 None,
                 "secretsync-store",
             ))
         }
     };
-    AwsSecretsManager::new(&ctx.aws, aws, credentials, ctx.metrics.clone()).map(Some)
+    AwsSecretsManager::new(&ctx.aws, aws, credentials, ctx.metrics.clone())
 }
 
 async fn read_key(
     ctx: &Context,
     selector: &SecretKeySelector,
     scope: &StoreScope<'_>,
-) -> Result<Option<String>> {
-    let Some(namespace) = secret_namespace(selector, scope)? else {
-        return Ok(None);
-    };
+) -> Result<String> {
+    let namespace = secret_namespace(selector, scope)?;
     let problem = |problem: String| Error::CredentialsSecret {
         namespace: namespace.to_string(),
         name: selector.name.clone(),
@@ -109,25 +121,33 @@ async fn read_key(
         .and_then(|mut data| data.remove(&selector.key))
         .ok_or_else(|| problem(format!("has no key {:?}", selector.key)))?;
     String::from_utf8(value.0)
-        .map(|v| Some(v.trim().to_string()))
+        .map(|v| v.trim().to_string())
         .map_err(|_| problem(format!("key {:?} is not UTF-8", selector.key)))
 }
 
 fn secret_namespace<'a>(
     selector: &'a SecretKeySelector,
     scope: &StoreScope<'a>,
-) -> Result<Option<&'a str>> {
-    match scope.kind {
+) -> Result<&'a str> {
+    let namespace = match scope.kind {
         StoreKind::SecretStore => match (selector.namespace.as_deref(), scope.store_namespace) {
-            (Some(named), Some(own)) if named != own => Err(Error::InvalidStoreConfig(format!(
-                "a SecretStore may only read Secrets in its own namespace {own:?}, not {named:?}"
-            ))),
-            (_, own) => Ok(own),
+            (Some(named), Some(own)) if named != own => {
+                return Err(Error::InvalidStoreConfig(format!(
+                    "a SecretStore may only read Secrets in its own namespace {own:?}, not {named:?}"
+                )));
+            }
+            (_, own) => own,
         },
         StoreKind::ClusterSecretStore => {
-            Ok(selector.namespace.as_deref().or(scope.requester_namespace))
+            selector.namespace.as_deref().or(scope.requester_namespace)
         }
-    }
+    };
+    namespace.ok_or_else(|| {
+        Error::InvalidStoreConfig(format!(
+            "credentials Secret {:?} names no namespace and no ExternalSecret asks for it",
+            selector.name
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -149,13 +169,10 @@ mod tests {
             store_namespace: Some("team-a"),
             requester_namespace: Some("team-a"),
         };
-        assert_eq!(
-            secret_namespace(&selector(None), &scope).unwrap(),
-            Some("team-a")
-        );
+        assert_eq!(secret_namespace(&selector(None), &scope).unwrap(), "team-a");
         assert_eq!(
             secret_namespace(&selector(Some("team-a")), &scope).unwrap(),
-            Some("team-a")
+            "team-a"
         );
         let err = secret_namespace(&selector(Some("team-b")), &scope).unwrap_err();
         assert_eq!(err.reason(), "InvalidStoreConfig");
@@ -168,18 +185,36 @@ mod tests {
             store_namespace: None,
             requester_namespace: Some("team-b"),
         };
-        assert_eq!(
-            secret_namespace(&selector(None), &scope).unwrap(),
-            Some("team-b")
-        );
+        assert_eq!(secret_namespace(&selector(None), &scope).unwrap(), "team-b");
         assert_eq!(
             secret_namespace(&selector(Some("ops")), &scope).unwrap(),
-            Some("ops")
+            "ops"
         );
         let alone = StoreScope {
             requester_namespace: None,
             ..scope
         };
-        assert_eq!(secret_namespace(&selector(None), &alone).unwrap(), None);
+        let err = secret_namespace(&selector(None), &alone).unwrap_err();
+        assert_eq!(err.reason(), "InvalidStoreConfig");
+    }
+
+    #[test]
+    fn referent_only_when_a_cluster_store_leaves_a_namespace_out() {
+        let spec = |namespace: Option<&str>| -> SecretStoreSpec {
+            serde_json::from_value(serde_json::json!({"provider": {"aws": {
+                "service": "SecretsManager",
+                "auth": {"secretRef": {
+                    "accessKeyIDSecretRef": {"name": "c", "key": "id", "namespace": "ops"},
+                    "secretAccessKeySecretRef": {"name": "c", "key": "secret", "namespace": namespace},
+                }},
+            }}}))
+            .unwrap()
+        };
+        assert!(is_referent(&spec(None), StoreKind::ClusterSecretStore));
+        assert!(!is_referent(
+            &spec(Some("ops")),
+            StoreKind::ClusterSecretStore
+        ));
+        assert!(!is_referent(&spec(None), StoreKind::SecretStore));
     }
 }
