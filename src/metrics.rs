@@ -102,15 +102,21 @@ impl Metrics {
 
     pub fn store_ready(&self, namespace: Option<&str>, name: &str, ready: bool) {
         for (status, value) in [("True", ready), ("False", !ready)] {
-            match namespace {
-                Some(ns) => self
-                    .store_condition
-                    .with_label_values(&[name, ns, "Ready", status]),
-                None => self
-                    .cluster_store_condition
-                    .with_label_values(&[name, "Ready", status]),
-            }
-            .set(value.into());
+            let (gauge, labels) = self.store_series(namespace, name, status);
+            gauge.with_label_values(&labels).set(value.into());
+        }
+    }
+
+    /// SecretStores and ClusterSecretStores report under different names, with and without a namespace.
+    fn store_series<'a>(
+        &self,
+        namespace: Option<&'a str>,
+        name: &'a str,
+        status: &'a str,
+    ) -> (&IntGaugeVec, Vec<&'a str>) {
+        match namespace {
+            Some(ns) => (&self.store_condition, vec![name, ns, "Ready", status]),
+            None => (&self.cluster_store_condition, vec![name, "Ready", status]),
         }
     }
 
@@ -128,14 +134,8 @@ impl Metrics {
 
     pub fn forget_store(&self, namespace: Option<&str>, name: &str) {
         for status in ["True", "False"] {
-            let _ = match namespace {
-                Some(ns) => self
-                    .store_condition
-                    .remove_label_values(&[name, ns, "Ready", status]),
-                None => self
-                    .cluster_store_condition
-                    .remove_label_values(&[name, "Ready", status]),
-            };
+            let (gauge, labels) = self.store_series(namespace, name, status);
+            let _ = gauge.remove_label_values(&labels);
         }
     }
 
