@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TIMEOUT, TestContext, wait_for};
+use common::{Operator, TIMEOUT, TestContext, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -62,6 +62,23 @@ async fn wait_for_value(t: &TestContext, name: &str, key: &str, expected: &str) 
         },
     )
     .await
+}
+
+/// The common start: remote secret "api" holding `value`, a store, the operator, and an ExternalSecret
+/// "api" writing it to Secret "api" under "key", synced once. Returns the remote key and the operator.
+async fn synced_api(t: &TestContext, value: &str, refresh: &str) -> (String, Operator) {
+    let key = t.create_remote("api", value).await;
+    t.default_store("aws").await;
+    let operator = t.start_operator();
+    t.apply_yaml(&external_secret(
+        "api",
+        "aws",
+        refresh,
+        &[("key", &key, None)],
+    ))
+    .await;
+    wait_for_value(t, "api", "key", value).await;
+    (key, operator)
 }
 
 /// Waits until ExternalSecret `name` is Ready=False; returns (reason, message).
@@ -192,12 +209,7 @@ async fn first_sync_writes_owned_secret_and_status() {
 #[tokio::test]
 async fn force_sync_annotation_picks_up_a_rotation() {
     let t = TestContext::new("force-sync").await;
-    let key = t.create_remote("api", "value-1").await;
-    t.default_store("aws").await;
-    let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
-        .await;
-    wait_for_value(&t, "api", "key", "value-1").await;
+    let (key, _operator) = synced_api(&t, "value-1", "1h").await;
 
     let version = t.put_remote(&key, "value-2").await;
     t.force_sync("api", "1").await;
@@ -229,12 +241,7 @@ async fn force_sync_annotation_picks_up_a_rotation() {
 #[tokio::test]
 async fn refresh_interval_picks_up_a_rotation() {
     let t = TestContext::new("refresh").await;
-    let key = t.create_remote("api", "value-1").await;
-    t.default_store("aws").await;
-    let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("api", "aws", "2s", &[("key", &key, None)]))
-        .await;
-    wait_for_value(&t, "api", "key", "value-1").await;
+    let (key, _operator) = synced_api(&t, "value-1", "2s").await;
     t.put_remote(&key, "value-2").await;
     wait_for_value(&t, "api", "key", "value-2").await;
 }
@@ -242,15 +249,7 @@ async fn refresh_interval_picks_up_a_rotation() {
 #[tokio::test]
 async fn deleted_or_edited_secret_is_restored() {
     let t = TestContext::new("restore").await;
-    let key = t.create_remote("api", "the-value").await;
-    t.default_store("aws").await;
-    let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
-        .await;
-    wait_for("first sync", TIMEOUT, || async {
-        secret_value(&t, "api", "key").await
-    })
-    .await;
+    let (_key, _operator) = synced_api(&t, "the-value", "1h").await;
     let first_uid = t.secrets().get("api").await.unwrap().uid();
 
     t.secrets()
@@ -277,15 +276,7 @@ async fn deleted_or_edited_secret_is_restored() {
 #[tokio::test]
 async fn deleting_the_external_secret_garbage_collects_the_secret() {
     let t = TestContext::new("gc").await;
-    let key = t.create_remote("api", "v").await;
-    t.default_store("aws").await;
-    let operator = t.start_operator();
-    t.apply_yaml(&external_secret("api", "aws", "1h", &[("key", &key, None)]))
-        .await;
-    wait_for("first sync", TIMEOUT, || async {
-        secret_value(&t, "api", "key").await
-    })
-    .await;
+    let (_key, operator) = synced_api(&t, "v", "1h").await;
 
     let series = format!(r#"name="api",namespace="{}""#, t.namespace);
     let (_, metrics) = operator.http_get("/metrics").await.unwrap();
