@@ -1,4 +1,4 @@
-//! Command line: `secretsync run` (the operator) and `secretsync crds`.
+//! Command line: `secretsync run` (the operator), `secretsync crds` and `secretsync convert`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +37,13 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crds,
+    /// Rewrite External Secrets Operator manifests as secretsync ones (YAML on stdout). What could not be
+    /// converted is listed on stderr, and the exit status is then 3.
+    Convert {
+        /// A YAML file of one or more documents; `-` (the default) reads standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,8 +99,26 @@ pub async fn execute(cli: Cli) -> Result<(), BoxError> {
             print!("{}", api::crds_yaml());
             Ok(())
         }
+        Command::Convert { file } => convert(&file),
         Command::Run(args) => run(args).await,
     }
+}
+
+fn convert(file: &std::path::Path) -> Result<(), BoxError> {
+    let input = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|err| format!("{}: {err}", file.display()))?
+    };
+    let converted = crate::template::convert::convert_manifests(&input)?;
+    print!("{}", converted.yaml);
+    for problem in &converted.problems {
+        eprintln!("not converted: {problem}");
+    }
+    if !converted.problems.is_empty() {
+        std::process::exit(3);
+    }
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<(), BoxError> {

@@ -1,5 +1,6 @@
-//! One error type for the operator. Each variant maps to a condition reason (also the event reason) and says
-//! whether retrying soon can help: transient errors back off with jitter, permanent ones wait for a change.
+//! One error type for the operator. Each variant has a class (the start of the condition message), maps to
+//! ESO's condition and event reasons, and says whether retrying soon can help: transient errors back off with
+//! jitter, permanent ones wait for a change.
 
 use crate::api::StoreKind;
 
@@ -47,10 +48,37 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("Secret key {key:?} from {origin} is invalid: {problem}")]
+    InvalidKey {
+        key: String,
+        origin: String,
+        problem: String,
+    },
+
+    #[error("Secret key {key:?} is written by both {first} and {second}")]
+    KeyCollision {
+        key: String,
+        first: String,
+        second: String,
+    },
+
+    #[error("template: {0}")]
+    Template(String),
+
     #[error(
         "Secret {0:?} exists and is not owned by this ExternalSecret; refusing to overwrite it"
     )]
     SecretConflict(String),
+
+    #[error(
+        "Secret {0:?} does not exist; creationPolicy Merge only adds keys to an existing Secret"
+    )]
+    SecretMissing(String),
+
+    #[error(
+        "Secret {0:?} is immutable and its data would change; delete it to have it written again"
+    )]
+    ImmutableSecret(String),
 
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
@@ -72,7 +100,8 @@ fn for_key(key: &Option<String>) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The condition and event reason: stable, PascalCase, documented in the README.
+    /// The error's class: stable, PascalCase, documented in the README. It starts every condition message
+    /// and is the `reason` of log lines.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::StoreNotFound { .. } => "StoreNotFound",
@@ -85,7 +114,12 @@ impl Error {
             Error::PropertyNotFound { .. } => "PropertyNotFound",
             Error::InvalidRemoteValue { .. } => "InvalidRemoteValue",
             Error::Provider { .. } => "ProviderError",
+            Error::InvalidKey { .. } => "InvalidKey",
+            Error::KeyCollision { .. } => "KeyCollision",
+            Error::Template(_) => "TemplateError",
             Error::SecretConflict(_) => "SecretConflict",
+            Error::SecretMissing(_) => "SecretMissing",
+            Error::ImmutableSecret(_) => "ImmutableSecret",
             Error::Kube(_) => "SecretSyncedError",
         }
     }
@@ -100,6 +134,23 @@ impl Error {
             }
             Error::Kube(_) => true,
             _ => false,
+        }
+    }
+
+    /// The Ready condition's reason, as External Secrets Operator reports it.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            Error::SecretMissing(_) => "SecretMissing",
+            _ => "SecretSyncedError",
+        }
+    }
+
+    /// The event reason: the provider failed, or we could not update the Secret.
+    pub fn event_reason(&self) -> &'static str {
+        if self.is_provider_error() {
+            "ProviderError"
+        } else {
+            "UpdateFailed"
         }
     }
 

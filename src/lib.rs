@@ -1,17 +1,21 @@
 //! secretsync: a Kubernetes operator that syncs AWS Secrets Manager values into Secrets.
 //!
-//! `api` holds the CRD types; `controller` the reconcilers; `provider` where values come from; `target` the
-//! one place that writes Secrets; `metrics`, `server` and `telemetry` what operators watch it with.
+//! `api` holds the CRD types; `controller` the reconcilers; `provider` where values come from; `mapping` and
+//! `template` turn values into Secret data; `target` is the one place that writes Secrets; `metrics`, `server`
+//! and `telemetry` are what operators watch it with.
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod data_hash;
 pub mod error;
+pub mod fetch;
+pub mod mapping;
 pub mod metrics;
 pub mod provider;
 pub mod server;
 pub mod target;
 pub mod telemetry;
+pub mod template;
 
 pub use error::{Error, Result};

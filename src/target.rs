@@ -1,19 +1,23 @@
-//! The target Secret: the one place that reads and writes the Secrets an ExternalSecret produces.
+//! The target Secret: the one place that reads and writes the Secrets an ExternalSecret produces, per its
+//! `creationPolicy` and `deletionPolicy`.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
-use crate::api::ExternalSecret;
+use crate::api::{CreationPolicy, ExternalSecret};
 use crate::data_hash::DataHasher;
 use crate::error::{Error, Result};
+use crate::template::Rendered;
 
 pub const FIELD_MANAGER: &str = "secretsync";
 pub const MANAGED_LABEL: &str = "secretsync.io/managed";
 pub const DATA_HASH_ANNOTATION: &str = "secretsync.io/data-hash";
+/// Names the ExternalSecret that wrote a Secret; with `creationPolicy: Orphan` it is the only owner mark.
+pub const EXTERNAL_SECRET_ANNOTATION: &str = "secretsync.io/external-secret";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -22,12 +26,21 @@ pub enum Written {
     Unchanged,
 }
 
-/// Refuses a Secret of the target's name that this ExternalSecret does not control: one ExternalSecret
-/// must never overwrite an unrelated Secret.
+/// Refuses a Secret of the target's name that this ExternalSecret did not create: one ExternalSecret must
+/// never overwrite an unrelated Secret. Ours is controlled by this ExternalSecret (`Owner`), or carries no
+/// controller and names it (`Orphan`).
 pub fn ensure_owned(existing: &Secret, es: &ExternalSecret) -> Result<()> {
-    let owned = existing.owner_references().iter().any(|owner| {
-        owner.controller == Some(true) && Some(&owner.uid) == es.metadata.uid.as_ref()
-    });
+    let controller = existing
+        .owner_references()
+        .iter()
+        .find(|owner| owner.controller == Some(true));
+    let owned = match controller {
+        Some(owner) => Some(&owner.uid) == es.metadata.uid.as_ref(),
+        None => {
+            existing.labels().get(MANAGED_LABEL).map(String::as_str) == Some("true")
+                && existing.annotations().get(EXTERNAL_SECRET_ANNOTATION) == Some(&es.name_any())
+        }
+    };
     if owned {
         Ok(())
     } else {
@@ -44,34 +57,140 @@ pub fn is_intact(existing: &Secret, hasher: &DataHasher) -> bool {
         && existing.annotations().get(DATA_HASH_ANNOTATION) == Some(&hasher.hash(data))
 }
 
-/// Writes the Secret with server-side apply under our field manager, owned by the ExternalSecret so that
-/// Kubernetes garbage-collects it with its owner. `before` is the Secret as read just before.
-pub async fn apply(
+/// Writes the Secret with server-side apply under our field manager. `Owner` and `Orphan` write the whole
+/// Secret (`Owner` with a controller reference, so Kubernetes deletes it with the ExternalSecret); `Merge`
+/// writes only our keys, labels and annotations into someone else's Secret. `before` is the Secret as read
+/// just before.
+pub async fn write(
     api: &Api<Secret>,
     es: &ExternalSecret,
-    data: BTreeMap<String, ByteString>,
+    rendered: Rendered,
     hasher: &DataHasher,
     before: Option<&Secret>,
 ) -> Result<Written> {
-    let name = es.target_name().to_string();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some([(MANAGED_LABEL.to_string(), "true".to_string())].into()),
-            annotations: Some([(DATA_HASH_ANNOTATION.to_string(), hasher.hash(&data))].into()),
-            owner_references: es.controller_owner_ref(&()).map(|owner| vec![owner]),
+    let data: BTreeMap<String, ByteString> = rendered
+        .data
+        .into_iter()
+        .map(|(key, value)| (key, ByteString(value)))
+        .collect();
+    let target = &es.spec.target;
+    let secret = match target.creation_policy {
+        CreationPolicy::None => return Ok(Written::Unchanged),
+        CreationPolicy::Merge => Secret {
+            metadata: ObjectMeta {
+                name: Some(es.target_name().to_string()),
+                labels: Some(rendered.labels),
+                annotations: Some(rendered.annotations),
+                ..Default::default()
+            },
+            data: Some(data),
             ..Default::default()
         },
-        type_: Some("Opaque".to_string()),
+        CreationPolicy::Owner | CreationPolicy::Orphan => {
+            let hash = hasher.hash(&data);
+            if let Some(before) = before
+                && before.immutable == Some(true)
+                && before.annotations().get(DATA_HASH_ANNOTATION) != Some(&hash)
+            {
+                return Err(Error::ImmutableSecret(before.name_any()));
+            }
+            owned_secret(
+                es,
+                rendered.type_,
+                rendered.labels,
+                rendered.annotations,
+                data,
+                hash,
+            )
+        }
+    };
+    apply(api, es, &secret, before).await
+}
+
+fn owned_secret(
+    es: &ExternalSecret,
+    type_: Option<String>,
+    mut labels: BTreeMap<String, String>,
+    mut annotations: BTreeMap<String, String>,
+    data: BTreeMap<String, ByteString>,
+    hash: String,
+) -> Secret {
+    labels.insert(MANAGED_LABEL.to_string(), "true".to_string());
+    annotations.insert(DATA_HASH_ANNOTATION.to_string(), hash);
+    annotations.insert(EXTERNAL_SECRET_ANNOTATION.to_string(), es.name_any());
+    let owner = match es.spec.target.creation_policy {
+        CreationPolicy::Owner => es.controller_owner_ref(&()).map(|owner| vec![owner]),
+        _ => None,
+    };
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(es.target_name().to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: owner,
+            ..Default::default()
+        },
+        type_: Some(type_.unwrap_or_else(|| "Opaque".to_string())),
+        immutable: es.spec.target.immutable.then_some(true),
         data: Some(data),
         ..Default::default()
-    };
+    }
+}
+
+async fn apply(
+    api: &Api<Secret>,
+    es: &ExternalSecret,
+    secret: &Secret,
+    before: Option<&Secret>,
+) -> Result<Written> {
     // Force: fields another manager set on our keys (a hand edit) are taken back.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let after = api.patch(&name, &params, &Patch::Apply(&secret)).await?;
+    let after = api
+        .patch(es.target_name(), &params, &Patch::Apply(secret))
+        .await?;
     Ok(match before {
         None => Written::Created,
         Some(before) if before.resource_version() != after.resource_version() => Written::Updated,
         Some(_) => Written::Unchanged,
     })
+}
+
+/// `deletionPolicy: Merge`: takes our keys out of the Secret (server-side apply drops the fields we no
+/// longer send), leaving everything else.
+pub async fn remove_our_keys(
+    api: &Api<Secret>,
+    es: &ExternalSecret,
+    hasher: &DataHasher,
+    before: &Secret,
+) -> Result<Written> {
+    let empty = Rendered::default();
+    let secret = match es.spec.target.creation_policy {
+        CreationPolicy::Owner | CreationPolicy::Orphan => {
+            let data = BTreeMap::new();
+            let hash = hasher.hash(&data);
+            owned_secret(
+                es,
+                before.type_.clone(),
+                empty.labels,
+                empty.annotations,
+                data,
+                hash,
+            )
+        }
+        _ => Secret {
+            metadata: ObjectMeta {
+                name: Some(es.target_name().to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
+    apply(api, es, &secret, Some(before)).await
+}
+
+/// `deletionPolicy: Delete`; only an owned Secret gets here (the CRD requires `creationPolicy: Owner`).
+pub async fn delete(api: &Api<Secret>, es: &ExternalSecret) -> Result<()> {
+    api.delete(es.target_name(), &DeleteParams::default())
+        .await?;
+    Ok(())
 }

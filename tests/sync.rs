@@ -82,6 +82,8 @@ async fn synced_api(t: &TestContext, value: &str, refresh: &str) -> (String, Ope
 }
 
 /// Waits until ExternalSecret `name` is Ready=False; returns (reason, message).
+/// Waits for Ready=False with ESO's reason `SecretSyncedError`; returns the error class that starts the
+/// message, and the message.
 async fn wait_for_failure(t: &TestContext, name: &str) -> (String, String) {
     let (_, reason, message) = wait_for(&format!("{name} Ready=False"), TIMEOUT, || async {
         t.es_ready(name)
@@ -90,7 +92,9 @@ async fn wait_for_failure(t: &TestContext, name: &str) -> (String, String) {
             .ok_or("no failure yet")
     })
     .await;
-    (reason, message)
+    assert_eq!(reason, "SecretSyncedError", "{message}");
+    let class = message.split(':').next().unwrap_or_default().to_string();
+    (class, message)
 }
 
 #[tokio::test]

@@ -31,12 +31,21 @@ pub struct ExternalSecretSpec {
     #[schemars(regex(pattern = r"^(0|([0-9]+(ns|us|ms|s|m|h))+)$"))]
     pub refresh_interval: String,
 
+    /// When to read the values again: every `refreshInterval`, only when the ExternalSecret changes, or
+    /// only to create the Secret.
+    #[serde(default)]
+    pub refresh_policy: RefreshPolicy,
+
     #[serde(default)]
     pub target: ExternalSecretTarget,
 
     /// One Secret key per entry.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<ExternalSecretData>,
+
+    /// Many Secret keys per entry: a JSON secret's properties, or every secret a search finds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_from: Vec<DataFrom>,
 }
 
 fn default_refresh_interval() -> String {
@@ -51,6 +60,14 @@ impl ExternalSecretSpec {
         }
         humantime::parse_duration(&self.refresh_interval).map(|d| (!d.is_zero()).then_some(d))
     }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RefreshPolicy {
+    #[default]
+    Periodic,
+    OnChange,
+    CreatedOnce,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
@@ -78,10 +95,141 @@ impl std::fmt::Display for StoreKind {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.deletionPolicy != 'Delete' || self.creationPolicy == 'Owner'")
+    .message("deletionPolicy Delete needs creationPolicy Owner: only a Secret this ExternalSecret owns may be deleted"))]
+#[x_kube(validation = Rule::new("self.deletionPolicy != 'Merge' || self.creationPolicy != 'None'")
+    .message("deletionPolicy Merge needs a creationPolicy that writes the Secret (Owner, Orphan or Merge)"))]
+#[x_kube(validation = Rule::new("!self.immutable || self.creationPolicy != 'Merge'")
+    .message("immutable cannot be combined with creationPolicy Merge: the Secret belongs to someone else"))]
 pub struct ExternalSecretTarget {
     /// The Secret to write; defaults to the ExternalSecret's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
+    /// What happens to the Secret when every remote secret it reads is gone.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Write the Secret as immutable; a later change of its data is reported, not forced.
+    #[serde(default)]
+    pub immutable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// Create the Secret, owned by the ExternalSecret (deleted with it).
+    #[default]
+    Owner,
+    /// Create the Secret without an owner: it outlives the ExternalSecret.
+    Orphan,
+    /// Only add or replace our keys in a Secret that already exists.
+    Merge,
+    /// Write nothing: only check that the values can be read.
+    None,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the Secret as last written and report the error.
+    #[default]
+    Retain,
+    /// Delete the Secret.
+    Delete,
+    /// Remove our keys from the Secret.
+    Merge,
+}
+
+/// How the Secret is built from the fetched values: every fetched key is a template variable.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// The Secret's type, e.g. `kubernetes.io/dockerconfigjson`; default `Opaque`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Accepted for ESO compatibility and ignored: templates are always MiniJinja (see README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// `Replace`: the templates alone make the data; `Merge`: templates are added to the fetched keys.
+    #[serde(default)]
+    pub merge_policy: TemplateMergePolicy,
+    /// Secret key → template text.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub template_from: Vec<TemplateFrom>,
+}
+
+/// Labels and annotations of the Secret; their values are templates too.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, KubeSchema)]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TemplateMergePolicy {
+    #[default]
+    Replace,
+    Merge,
+}
+
+/// Templates kept elsewhere: in a ConfigMap, a Secret, or inline.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + (has(self.literal) ? 1 : 0) == 1")
+    .message("templateFrom entries set exactly one of configMap, secret or literal"))]
+pub struct TemplateFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<TemplateRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<TemplateRef>,
+    /// A template whose output is a YAML map of keys and values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+    /// Where the output goes.
+    #[serde(default)]
+    pub target: TemplateTarget,
+}
+
+/// A ConfigMap or Secret in the ExternalSecret's namespace whose keys hold templates.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct TemplateRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub items: Vec<TemplateRefItem>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRefItem {
+    #[schemars(length(min = 1))]
+    pub key: String,
+    /// `Values`: the output is the value of the same key; `KeysAndValues`: the output is a YAML map.
+    #[serde(default)]
+    pub template_as: TemplateScope,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TemplateScope {
+    #[default]
+    Values,
+    KeysAndValues,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TemplateTarget {
+    #[default]
+    Data,
+    Annotations,
+    Labels,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
@@ -93,17 +241,118 @@ pub struct ExternalSecretData {
     pub remote_ref: RemoteRef,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RemoteRef {
     /// The secret's name or ARN (after the store's `prefix`).
     #[schemars(length(min = 1))]
     pub key: String,
-    /// A key of the secret's JSON object; without it, the whole value.
+    /// A path into the secret's JSON value (`a.b`, `list.1.name`); without it, the whole value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
     /// `AWSCURRENT` (default), another version stage, or `uuid/<VersionId>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    #[serde(default)]
+    pub decoding_strategy: DecodingStrategy,
+    /// `Fetch` reads the secret's tags (as a JSON object) instead of its value.
+    #[serde(default)]
+    pub metadata_policy: MetadataPolicy,
+    /// How characters that are invalid in a Secret key are replaced (keys of `dataFrom` only).
+    #[serde(default)]
+    pub conversion_strategy: ConversionStrategy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DecodingStrategy {
+    #[default]
+    None,
+    Base64,
+    #[serde(rename = "Base64URL")]
+    Base64Url,
+    /// Base64, then Base64URL, then the value as it is.
+    Auto,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MetadataPolicy {
+    #[default]
+    None,
+    Fetch,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConversionStrategy {
+    /// Each invalid character becomes `_`.
+    #[default]
+    Default,
+    /// Each invalid character becomes `_U<hex code point>_`, which keeps distinct names distinct.
+    Unicode,
+}
+
+/// One `dataFrom` entry: exactly one of `extract` or `find`, then optional key rewrites.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.extract) != has(self.find)")
+    .message("dataFrom entries set exactly one of extract or find"))]
+pub struct DataFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<RemoteRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<FindRef>,
+    /// Applied in order to the keys this entry produces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<Rewrite>,
+}
+
+/// Every secret whose name starts with `path`, matches `name.regexp` and carries all `tags`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.path) || has(self.name) || has(self.tags)")
+    .message("find needs at least one of path, name or tags"))]
+pub struct FindRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<FindName>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub conversion_strategy: ConversionStrategy,
+    #[serde(default)]
+    pub decoding_strategy: DecodingStrategy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct FindName {
+    /// A regular expression (Rust `regex` syntax, close to Go's RE2) the secret's name must match.
+    #[schemars(length(min = 1))]
+    pub regexp: String,
+}
+
+/// Exactly one of `regexp` or `transform`.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.regexp) != has(self.transform)")
+    .message("rewrite entries set exactly one of regexp or transform"))]
+pub struct Rewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regexp: Option<RewriteRegexp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<RewriteTransform>,
+}
+
+/// Replaces every match of `source` in a key with `target`, where `$1` or `${name}` name groups.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct RewriteRegexp {
+    #[schemars(length(min = 1))]
+    pub source: String,
+    pub target: String,
+}
+
+/// A template that receives the key as `value` and renders the new key.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct RewriteTransform {
+    #[schemars(length(min = 1))]
+    pub template: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]

@@ -45,10 +45,29 @@ pub struct ClusterSecretStoreSpec {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.aws)").message("a provider must be set: aws"))]
+#[x_kube(validation = Rule::new("has(self.aws) != has(self.fake)").message("set exactly one provider: aws or fake"))]
 pub struct StoreProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fake: Option<FakeProvider>,
+}
+
+/// A built-in provider with fixed values, for demos and tests.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct FakeProvider {
+    #[serde(default)]
+    pub data: Vec<FakeProviderData>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct FakeProviderData {
+    #[schemars(length(min = 1))]
+    pub key: String,
+    pub value: String,
+    /// The `remoteRef.version` this value answers; unset answers a read without a version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]

@@ -1,12 +1,11 @@
 //! The ExternalSecret controller: reads remote values, writes the target Secret, reports status and events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -21,12 +20,14 @@ use sha2::{Digest, Sha256};
 use super::stores::{self, StoreScope};
 use super::{Context, apply_status, publish};
 use crate::api::{
-    ClusterSecretStore, ExternalSecret, ExternalSecretStatus, READY, SecretBinding, SecretStore,
-    StoreKind, is_ready, ready_condition, set_condition,
+    ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus,
+    READY, RefreshPolicy, SecretBinding, SecretStore, SecretTemplate, StoreKind, TemplateScope,
+    is_ready, ready_condition, set_condition,
 };
 use crate::error::{Error, Result};
-use crate::provider::{RemoteSecret, SecretProvider, Version, mapping};
+use crate::fetch::{self, Outcome};
 use crate::target::{self, MANAGED_LABEL, Written};
+use crate::template::{self, Rendered, TemplateSource};
 
 const CONTROLLER: &str = "externalsecret";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
@@ -52,12 +53,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .combine(predicates::labels)
         .combine(predicates::annotations);
     let metrics = ctx.metrics.clone();
+    let forget = ctx.clone();
     let external_secrets = watcher(external_secrets, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(es)) = event {
                 metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
+                forget.forget_checked(&key(es));
             }
         })
         .applied_objects()
@@ -132,26 +135,37 @@ enum Synced {
     Written {
         written: Written,
         versions: BTreeMap<String, String>,
-        refresh: Option<Duration>,
     },
+    /// Every remote secret is gone and `deletionPolicy` acted (or, with `Retain`, this is the error).
+    Gone { cleanup: Cleanup, error: Error },
+}
+
+/// What `deletionPolicy` did to the Secret once every remote secret was gone.
+enum Cleanup {
+    Deleted,
+    KeysRemoved(Written),
+    /// Nothing was there to act on.
+    Nothing,
 }
 
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let namespace = es.namespace().unwrap_or_default();
+    let refresh = es.spec.refresh_interval().ok().flatten();
     let result = sync(&es, &ctx, &namespace).await;
     ctx.metrics
         .reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     let action = match result {
         Ok(Synced::UpToDate(wait)) => Ok(requeue(wait)),
-        Ok(Synced::Written {
-            written,
-            versions,
-            refresh,
-        }) => {
+        Ok(Synced::Written { written, versions }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), true);
             record_success(&es, &ctx, &namespace, written, versions).await?;
-            Ok(requeue(refresh))
+            Ok(requeue(next_refresh(&es, refresh)))
+        }
+        Ok(Synced::Gone { cleanup, error }) => {
+            ctx.metrics.sync(&namespace, &es.name_any(), false);
+            record_gone(&es, &ctx, &namespace, cleanup, &error).await?;
+            Ok(requeue(next_refresh(&es, refresh)))
         }
         Err(err) => {
             ctx.metrics.sync(&namespace, &es.name_any(), false);
@@ -159,7 +173,6 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
             if err.is_transient() {
                 return Err(err);
             }
-            let refresh = es.spec.refresh_interval().ok().flatten();
             Ok(Action::requeue(
                 refresh.map_or(PERMANENT_RETRY, |r| r.min(PERMANENT_RETRY)),
             ))
@@ -167,6 +180,14 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
     };
     ctx.backoff.reset(&key(&es));
     action
+}
+
+/// Only `Periodic` comes back by itself; the other policies wait for a change.
+fn next_refresh(es: &ExternalSecret, refresh: Option<Duration>) -> Option<Duration> {
+    match es.spec.refresh_policy {
+        RefreshPolicy::Periodic => refresh,
+        RefreshPolicy::OnChange | RefreshPolicy::CreatedOnce => None,
+    }
 }
 
 fn error_policy(es: Arc<ExternalSecret>, _err: &Error, ctx: Arc<Context>) -> Action {
@@ -194,13 +215,17 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     })?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = secrets.get_opt(es.target_name()).await?;
-    if let Some(existing) = &existing {
-        target::ensure_owned(existing, es)?;
-    }
-    let intact = existing
-        .as_ref()
-        .is_some_and(|s| target::is_intact(s, &ctx.hasher));
-    if intact && let Some(wait) = refresh_wait(es, refresh) {
+    let creation = es.spec.target.creation_policy;
+    let intact = match (creation, &existing) {
+        (CreationPolicy::Owner | CreationPolicy::Orphan, Some(existing)) => {
+            target::ensure_owned(existing, es)?;
+            target::is_intact(existing, &ctx.hasher)
+        }
+        (CreationPolicy::Owner | CreationPolicy::Orphan, None) => false,
+        // Someone else's Secret: its content is theirs to change, so only the refresh schedule counts.
+        (CreationPolicy::Merge | CreationPolicy::None, _) => true,
+    };
+    if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_checked(&key(es))) {
         return Ok(Synced::UpToDate(wait));
     }
 
@@ -212,30 +237,155 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         requester_namespace: Some(namespace),
     };
     let provider = stores::provider(ctx, &spec, &scope).await?;
-    let (data, versions) = fetch(es, &provider).await?;
-    let written = target::apply(&secrets, es, data, &ctx.hasher, existing.as_ref()).await?;
+    let fetched = match fetch::fetch(&es.spec, &provider).await? {
+        Outcome::Fetched(fetched) => fetched,
+        Outcome::Gone(error) => {
+            let cleanup = clean_up(es, ctx, &secrets, existing.as_ref()).await?;
+            ctx.checked(key(es));
+            return Ok(Synced::Gone { cleanup, error });
+        }
+    };
+    if creation == CreationPolicy::Merge && existing.is_none() {
+        return Err(Error::SecretMissing(es.target_name().to_string()));
+    }
+    let rendered = render(es, ctx, namespace, fetched.data).await?;
+    let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
+    ctx.checked(key(es));
     Ok(Synced::Written {
         written,
-        versions,
-        refresh,
+        versions: fetched.versions,
     })
 }
 
-/// `Some(wait)` while the last sync is still good: same spec/labels/annotations, Ready, and not yet due.
-fn refresh_wait(es: &ExternalSecret, refresh: Option<Duration>) -> Option<Option<Duration>> {
+async fn clean_up(
+    es: &ExternalSecret,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+) -> Result<Cleanup> {
+    let Some(existing) = existing else {
+        return Ok(Cleanup::Nothing);
+    };
+    Ok(match es.spec.target.deletion_policy {
+        DeletionPolicy::Retain => Cleanup::Nothing,
+        DeletionPolicy::Delete => {
+            target::delete(secrets, es).await?;
+            Cleanup::Deleted
+        }
+        DeletionPolicy::Merge => {
+            Cleanup::KeysRemoved(target::remove_our_keys(secrets, es, &ctx.hasher, existing).await?)
+        }
+    })
+}
+
+/// The Secret's content: the fetched data as it is, or through the template.
+async fn render(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Result<Rendered> {
+    let Some(secret_template) = &es.spec.target.template else {
+        return Ok(Rendered {
+            data,
+            ..Default::default()
+        });
+    };
+    let sources = template_sources(ctx, namespace, secret_template).await?;
+    template::render(secret_template, &sources, data)
+}
+
+/// Reads `templateFrom` texts from ConfigMaps and Secrets in the ExternalSecret's namespace.
+async fn template_sources(
+    ctx: &Context,
+    namespace: &str,
+    secret_template: &SecretTemplate,
+) -> Result<Vec<TemplateSource>> {
+    let mut sources = Vec::new();
+    for from in &secret_template.template_from {
+        if let Some(literal) = &from.literal {
+            sources.push(TemplateSource {
+                target: from.target,
+                scope: TemplateScope::KeysAndValues,
+                origin: "templateFrom literal".into(),
+                key: String::new(),
+                text: literal.clone(),
+            });
+        }
+        let (kind, reference, mut texts) = if let Some(reference) = &from.config_map {
+            let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(&reference.name)
+                .await?;
+            (
+                "ConfigMap",
+                reference,
+                map.map(|m| m.data.unwrap_or_default()),
+            )
+        } else if let Some(reference) = &from.secret {
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+                .get_opt(&reference.name)
+                .await?;
+            let texts = secret.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+                    .collect()
+            });
+            ("Secret", reference, texts)
+        } else {
+            continue;
+        };
+        let texts = texts.as_mut().ok_or_else(|| {
+            Error::Template(format!(
+                "templateFrom {kind} {:?} not found",
+                reference.name
+            ))
+        })?;
+        for item in &reference.items {
+            let origin = format!("{kind} {:?} key {:?}", reference.name, item.key);
+            let text = texts
+                .remove(&item.key)
+                .ok_or_else(|| Error::Template(format!("templateFrom {origin} not found")))?;
+            sources.push(TemplateSource {
+                target: from.target,
+                scope: item.template_as,
+                origin,
+                key: item.key.clone(),
+                text,
+            });
+        }
+    }
+    Ok(sources)
+}
+
+/// `Some(wait)` while the last sync is still good: Ready, same spec/labels/annotations, and (for
+/// `Periodic`) not yet due. `checked` is when this operator last read the values (status `refreshTime` is
+/// only written when something changed).
+fn refresh_wait(
+    es: &ExternalSecret,
+    refresh: Option<Duration>,
+    checked: Option<Timestamp>,
+) -> Option<Option<Duration>> {
     let status = es.status.as_ref()?;
-    if !is_ready(&status.conditions)
-        || status.synced_resource_version.as_deref() != Some(&synced_resource_version(es))
-    {
+    if !is_ready(&status.conditions) {
         return None;
+    }
+    let unchanged = status.synced_resource_version.as_deref() == Some(&synced_resource_version(es));
+    match es.spec.refresh_policy {
+        RefreshPolicy::CreatedOnce => return Some(None),
+        RefreshPolicy::OnChange => return unchanged.then_some(None),
+        RefreshPolicy::Periodic if !unchanged => return None,
+        RefreshPolicy::Periodic => {}
     }
     let Some(refresh) = refresh else {
         return Some(None);
     };
-    let due = status
-        .refresh_time
-        .as_ref()?
-        .0
+    let last = [status.refresh_time.as_ref().map(|t| t.0), checked]
+        .into_iter()
+        .flatten()
+        .max()?;
+    let due = last
         .checked_add(SignedDuration::try_from(refresh).ok()?)
         .ok()?;
     let remaining = Timestamp::now().duration_until(due);
@@ -252,43 +402,7 @@ fn synced_resource_version(es: &ExternalSecret) -> String {
     format!("{}-{hash}", es.metadata.generation.unwrap_or_default())
 }
 
-type Fetched = (BTreeMap<String, ByteString>, BTreeMap<String, String>);
-
-/// Reads every `data` entry, each remote secret version once, and records the VersionIds read.
-async fn fetch(es: &ExternalSecret, provider: &impl SecretProvider) -> Result<Fetched> {
-    let mut remote: HashMap<(&str, Version), RemoteSecret> = HashMap::new();
-    let mut data = BTreeMap::new();
-    let mut versions = BTreeMap::new();
-    for entry in &es.spec.data {
-        let reference = &entry.remote_ref;
-        let version = Version::parse(reference.version.as_deref());
-        let cache_key = (reference.key.as_str(), version.clone());
-        if !remote.contains_key(&cache_key) {
-            let secret = provider.get_secret(&reference.key, &version).await?;
-            remote.insert(cache_key.clone(), secret);
-        }
-        let secret = &remote[&cache_key];
-        let bytes = mapping::value_bytes(secret, &reference.key, reference.property.as_deref())?;
-        if data
-            .insert(entry.secret_key.clone(), ByteString(bytes))
-            .is_some()
-        {
-            return Err(Error::InvalidSpec(format!(
-                "Secret key {:?} is written by more than one data entry",
-                entry.secret_key
-            )));
-        }
-        if let Some(id) = &secret.version_id {
-            let synced_key = match &reference.version {
-                None => reference.key.clone(),
-                Some(v) => format!("{}@{v}", reference.key),
-            };
-            versions.insert(synced_key, id.clone());
-        }
-    }
-    Ok((data, versions))
-}
-
+/// Writes the status only when it changed: a refresh that found nothing new writes nothing.
 async fn record_success(
     es: &ExternalSecret,
     ctx: &Context,
@@ -297,21 +411,33 @@ async fn record_success(
     versions: BTreeMap<String, String>,
 ) -> Result<()> {
     let target = es.target_name().to_string();
-    let mut status = es.status.clone().unwrap_or_default();
-    let message = format!("Secret {target:?} is in sync");
+    let old = es.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let (message, binding) = match es.spec.target.creation_policy {
+        CreationPolicy::None => (
+            "values read; creationPolicy None writes no Secret".to_string(),
+            None,
+        ),
+        _ => (
+            format!("Secret {target:?} is in sync"),
+            Some(SecretBinding {
+                name: target.clone(),
+            }),
+        ),
+    };
     set_condition(
         &mut status.conditions,
         ready_condition(true, "SecretSynced", message, es.metadata.generation),
     );
-    status.refresh_time = Some(Time(Timestamp::now()));
     status.synced_resource_version = Some(synced_resource_version(es));
-    status.binding = Some(SecretBinding {
-        name: target.clone(),
-    });
+    status.binding = binding;
     status.synced_versions = versions;
-    patch_status(ctx, es, namespace, &status).await?;
     ctx.metrics
         .external_secret_ready(namespace, &es.name_any(), true);
+    if status != old || written != Written::Unchanged {
+        status.refresh_time = Some(Time(Timestamp::now()));
+        patch_status(ctx, es, namespace, &status).await?;
+    }
     let event = match written {
         Written::Created => Some(("Created", format!("Created Secret {target:?}"))),
         Written::Updated => Some(("Updated", format!("Updated Secret {target:?}"))),
@@ -323,7 +449,80 @@ async fn record_success(
     Ok(())
 }
 
+/// Every remote secret is gone: with `Delete` or `Merge` the Secret was cleaned up (`SecretDeleted`);
+/// with `Retain` it is kept and the error reported.
+async fn record_gone(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    cleanup: Cleanup,
+    error: &Error,
+) -> Result<()> {
+    let target = es.target_name();
+    let policy = es.spec.target.deletion_policy;
+    let (reason, message) = match policy {
+        DeletionPolicy::Retain => return record_failure(es, ctx, namespace, error).await,
+        DeletionPolicy::Delete => (
+            "SecretDeleted",
+            format!(
+                "every remote secret is gone ({error}); Secret {target:?} deleted (deletionPolicy Delete)"
+            ),
+        ),
+        DeletionPolicy::Merge => (
+            "SecretDeleted",
+            format!(
+                "every remote secret is gone ({error}); our keys removed from Secret {target:?} (deletionPolicy Merge)"
+            ),
+        ),
+    };
+    ctx.metrics
+        .external_secret_ready(namespace, &es.name_any(), false);
+    let mut status = es.status.clone().unwrap_or_default();
+    let old = status.clone();
+    set_condition(
+        &mut status.conditions,
+        ready_condition(false, reason, message, es.metadata.generation),
+    );
+    status.synced_versions.clear();
+    if !same_condition(&old, &status) || old.synced_versions != status.synced_versions {
+        status.refresh_time = Some(Time(Timestamp::now()));
+        patch_status(ctx, es, namespace, &status).await?;
+    }
+    let note = match cleanup {
+        Cleanup::Deleted => Some(format!(
+            "Deleted Secret {target:?}: every remote secret is gone"
+        )),
+        Cleanup::KeysRemoved(Written::Unchanged) | Cleanup::Nothing => None,
+        Cleanup::KeysRemoved(_) => Some(format!(
+            "Removed our keys from Secret {target:?}: every remote secret is gone"
+        )),
+    };
+    if let Some(note) = note {
+        publish(ctx, es, EventType::Normal, "Sync", "Deleted", note).await;
+    }
+    Ok(())
+}
+
+fn same_condition(old: &ExternalSecretStatus, new: &ExternalSecretStatus) -> bool {
+    let ready = |status: &ExternalSecretStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| {
+                (
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                    c.observed_generation,
+                )
+            })
+    };
+    ready(old) == ready(new)
+}
+
 /// Sets Ready=False and emits a warning event, once per distinct failure: a repeated error writes nothing.
+/// The message starts with the error's class (`RemoteKeyNotFound: ...`).
 async fn record_failure(
     es: &ExternalSecret,
     ctx: &Context,
@@ -334,25 +533,30 @@ async fn record_failure(
     ctx.metrics
         .external_secret_ready(namespace, &es.name_any(), false);
     let mut status = es.status.clone().unwrap_or_default();
-    let condition = ready_condition(false, err.reason(), err.to_string(), es.metadata.generation);
-    let unchanged = status.conditions.iter().any(|c| {
-        c.type_ == READY
-            && c.status == condition.status
-            && c.reason == condition.reason
-            && c.message == condition.message
-            && c.observed_generation == condition.observed_generation
-    });
-    if unchanged {
+    let old = status.clone();
+    let message = format!("{}: {err}", err.reason());
+    set_condition(
+        &mut status.conditions,
+        ready_condition(
+            false,
+            err.condition_reason(),
+            message,
+            es.metadata.generation,
+        ),
+    );
+    if same_condition(&old, &status) {
         return Ok(());
     }
-    set_condition(&mut status.conditions, condition);
     patch_status(ctx, es, namespace, &status).await?;
-    let reason = if err.is_provider_error() {
-        "ProviderError"
-    } else {
-        "UpdateFailed"
-    };
-    publish(ctx, es, EventType::Warning, "Sync", reason, err.to_string()).await;
+    publish(
+        ctx,
+        es,
+        EventType::Warning,
+        "Sync",
+        err.event_reason(),
+        format!("{}: {err}", err.reason()),
+    )
+    .await;
     Ok(())
 }
 

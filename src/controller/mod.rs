@@ -5,10 +5,12 @@ mod external_secret;
 mod secret_store;
 mod stores;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -30,6 +32,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
     pub store_refresh: Duration,
+    /// When each ExternalSecret's values were last read, so a refresh that changed nothing needs no
+    /// status write to remember it.
+    last_checked: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Context {
@@ -52,7 +57,30 @@ impl Context {
             hasher,
             backoff: Backoff::default(),
             store_refresh,
+            last_checked: Mutex::default(),
         }
+    }
+
+    fn checked(&self, key: String) {
+        self.last_checked
+            .lock()
+            .expect("never poisoned")
+            .insert(key, Timestamp::now());
+    }
+
+    fn last_checked(&self, key: &str) -> Option<Timestamp> {
+        self.last_checked
+            .lock()
+            .expect("never poisoned")
+            .get(key)
+            .copied()
+    }
+
+    fn forget_checked(&self, key: &str) {
+        self.last_checked
+            .lock()
+            .expect("never poisoned")
+            .remove(key);
     }
 }
 

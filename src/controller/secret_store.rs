@@ -153,7 +153,6 @@ fn store_reason(err: &Error) -> &'static str {
 }
 
 async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
-    stores::aws_spec(spec)?;
     if stores::is_referent(spec, scope.kind) {
         return Ok(
             "credentials come from each ExternalSecret's namespace and are checked when it syncs"

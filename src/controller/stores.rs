@@ -11,7 +11,9 @@ use crate::api::{
     SecretStore, SecretStoreSpec, StoreKind,
 };
 use crate::error::{Error, Result};
+use crate::provider::Provider;
 use crate::provider::aws::AwsSecretsManager;
+use crate::provider::fake::FakeProvider;
 
 /// Where a store is and who asks: a SecretStore's own namespace bounds everything it may read; a
 /// ClusterSecretStore reads from the requesting ExternalSecret's namespace unless it names one.
@@ -46,13 +48,6 @@ pub async fn store_spec(
     })
 }
 
-pub fn aws_spec(spec: &SecretStoreSpec) -> Result<&AwsProvider> {
-    spec.provider
-        .aws
-        .as_ref()
-        .ok_or_else(|| Error::InvalidStoreConfig("no provider is set".into()))
-}
-
 /// A ClusterSecretStore whose credentials name no namespace reads them from the namespace of each
 /// ExternalSecret that uses it ("referent" authentication), so it cannot be checked on its own.
 pub fn is_referent(spec: &SecretStoreSpec, kind: StoreKind) -> bool {
@@ -75,13 +70,26 @@ fn selectors(secret_ref: &AwsAuthSecretRef) -> impl Iterator<Item = &SecretKeySe
     .flatten()
 }
 
-/// A client for the store, with its static credentials when it has them.
+/// A client for the store's provider, with its static credentials when it has them.
 pub async fn provider(
     ctx: &Context,
     spec: &SecretStoreSpec,
     scope: &StoreScope<'_>,
+) -> Result<Provider> {
+    match (&spec.provider.aws, &spec.provider.fake) {
+        (Some(aws), None) => aws_provider(ctx, aws, scope).await.map(Provider::Aws),
+        (None, Some(fake)) => Ok(Provider::Fake(FakeProvider::new(fake))),
+        _ => Err(Error::InvalidStoreConfig(
+            "set exactly one provider: aws or fake".into(),
+        )),
+    }
+}
+
+async fn aws_provider(
+    ctx: &Context,
+    aws: &AwsProvider,
+    scope: &StoreScope<'_>,
 ) -> Result<AwsSecretsManager> {
-    let aws = aws_spec(spec)?;
     let credentials = match aws.auth.as_ref().and_then(|auth| auth.secret_ref.as_ref()) {
         None => None,
         Some(secret_ref) => {

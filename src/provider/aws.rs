@@ -1,11 +1,13 @@
 //! AWS Secrets Manager.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_config::{Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 
 use super::{RemoteSecret, RemoteValue, SecretProvider, Version};
 use crate::api;
@@ -87,12 +89,81 @@ impl SecretProvider for AwsSecretsManager {
         })
     }
 
+    async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        let result = self
+            .secrets
+            .describe_secret()
+            .secret_id(format!("{}{key}", self.prefix))
+            .send()
+            .await;
+        self.record("DescribeSecret", &result);
+        let output = result.map_err(|err| classify("DescribeSecret", Some(key), err))?;
+        Ok(tag_map(output.tags()))
+    }
+
+    async fn list_names(
+        &self,
+        path: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
+        let name_prefix = format!("{}{}", self.prefix, path.unwrap_or_default());
+        let mut filters = Vec::new();
+        if !name_prefix.is_empty() {
+            filters.push(filter(FilterNameStringType::Name, name_prefix.clone()));
+        }
+        // The service matches tag keys and values independently; pairs are checked below.
+        for (key, value) in tags {
+            filters.push(filter(FilterNameStringType::TagKey, key.clone()));
+            filters.push(filter(FilterNameStringType::TagValue, value.clone()));
+        }
+        let mut names = Vec::new();
+        let mut next_token = None;
+        loop {
+            let result = self
+                .secrets
+                .list_secrets()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(next_token)
+                .max_results(100)
+                .send()
+                .await;
+            self.record("ListSecrets", &result);
+            let page = result.map_err(|err| classify("ListSecrets", None, err))?;
+            for entry in page.secret_list() {
+                let secret_tags = tag_map(entry.tags());
+                let tagged = tags.iter().all(|(k, v)| secret_tags.get(k) == Some(v));
+                // The name filter matches words anywhere in the name; only a true prefix counts.
+                let name = entry
+                    .name()
+                    .and_then(|n| n.strip_prefix(&name_prefix).map(|_| n));
+                if let (true, Some(name)) = (tagged, name) {
+                    names.push(name[self.prefix.len()..].to_string());
+                }
+            }
+            next_token = page.next_token;
+            if next_token.is_none() {
+                break;
+            }
+        }
+        Ok(names)
+    }
+
     async fn validate(&self) -> Result<String> {
         let result = self.sts.get_caller_identity().send().await;
         self.record("GetCallerIdentity", &result);
         let identity = result.map_err(|err| classify("GetCallerIdentity", None, err))?;
         Ok(identity.arn.unwrap_or_default())
     }
+}
+
+fn filter(key: FilterNameStringType, value: String) -> Filter {
+    Filter::builder().key(key).values(value).build()
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
+        .collect()
 }
 
 /// Maps an SDK error to our error classes by its AWS error code, falling back on the HTTP status: an

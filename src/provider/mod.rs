@@ -1,8 +1,10 @@
-//! Where secret values come from. A provider reads one remote secret at a time; mapping a value into Secret
-//! keys (`property`, decoding) is provider-independent and lives in `mapping`.
+//! Where secret values come from. A provider reads remote secrets, their tags, and lists names; mapping a
+//! value into Secret keys (`property`, decoding) is provider-independent and lives in `crate::mapping`.
 
 pub mod aws;
-pub mod mapping;
+pub mod fake;
+
+use std::collections::BTreeMap;
 
 use std::fmt;
 
@@ -51,6 +53,15 @@ impl Version {
     }
 }
 
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Version::Stage(stage) => f.write_str(stage),
+            Version::Id(id) => write!(f, "uuid/{id}"),
+        }
+    }
+}
+
 pub trait SecretProvider: Send + Sync {
     /// Reads one secret; `key` is as written in the ExternalSecret (the provider adds any prefix).
     fn get_secret(
@@ -59,8 +70,59 @@ pub trait SecretProvider: Send + Sync {
         version: &Version,
     ) -> impl Future<Output = Result<RemoteSecret>> + Send;
 
+    /// The secret's tags (`metadataPolicy: Fetch`).
+    fn get_tags(&self, key: &str) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
+
+    /// Names (as an ExternalSecret would write them) of the secrets that start with `path` and carry every
+    /// one of `tags`; secrets scheduled for deletion are left out.
+    fn list_names(
+        &self,
+        path: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// Checks that the credentials work and names the identity they resolve to.
     fn validate(&self) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// The provider a store configures.
+pub enum Provider {
+    Aws(aws::AwsSecretsManager),
+    Fake(fake::FakeProvider),
+}
+
+impl SecretProvider for Provider {
+    async fn get_secret(&self, key: &str, version: &Version) -> Result<RemoteSecret> {
+        match self {
+            Provider::Aws(aws) => aws.get_secret(key, version).await,
+            Provider::Fake(fake) => fake.get_secret(key, version).await,
+        }
+    }
+
+    async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        match self {
+            Provider::Aws(aws) => aws.get_tags(key).await,
+            Provider::Fake(fake) => fake.get_tags(key).await,
+        }
+    }
+
+    async fn list_names(
+        &self,
+        path: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
+        match self {
+            Provider::Aws(aws) => aws.list_names(path, tags).await,
+            Provider::Fake(fake) => fake.list_names(path, tags).await,
+        }
+    }
+
+    async fn validate(&self) -> Result<String> {
+        match self {
+            Provider::Aws(aws) => aws.validate().await,
+            Provider::Fake(fake) => fake.validate().await,
+        }
+    }
 }
 
 #[cfg(test)]

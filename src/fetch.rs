@@ -1,0 +1,212 @@
+//! Reads everything an ExternalSecret names from its provider and assembles the Secret data before
+//! templating: `dataFrom` entries in order, then `data`. Each remote secret version is read once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use regex::Regex;
+
+use crate::api::{DataFrom, ExternalSecretSpec, FindRef, MetadataPolicy, RemoteRef};
+use crate::error::{Error, Result};
+use crate::mapping::{self, keys};
+use crate::provider::{RemoteSecret, RemoteValue, SecretProvider, Version};
+
+/// The data read, and the VersionId of each remote secret read (key, or `key@version` for a pinned one).
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub versions: BTreeMap<String, String>,
+}
+
+pub enum Outcome {
+    Fetched(Fetched),
+    /// Every remote secret the ExternalSecret reads is gone: `deletionPolicy` decides what happens.
+    Gone(Error),
+}
+
+pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) -> Result<Outcome> {
+    let mut reader = Reader {
+        provider,
+        secrets: HashMap::new(),
+        versions: BTreeMap::new(),
+    };
+    let mut data = keys::KeySet::default();
+    let mut missing = Vec::new();
+    let mut empty_finds = Vec::new();
+    for (index, entry) in spec.data_from.iter().enumerate() {
+        match read_data_from(&mut reader, index, entry).await {
+            Ok(entries) if entries.is_empty() && entry.find.is_some() => empty_finds.push(index),
+            Ok(entries) => {
+                for (key, (value, source)) in entries {
+                    data.insert(key, value, source)?;
+                }
+            }
+            Err(err @ Error::RemoteKeyNotFound { .. }) => missing.push(err),
+            Err(err) => return Err(err),
+        }
+    }
+    for (index, entry) in spec.data.iter().enumerate() {
+        match reader.value(&entry.remote_ref).await {
+            Ok(value) => data.insert(entry.secret_key.clone(), value, format!("data[{index}]"))?,
+            Err(err @ Error::RemoteKeyNotFound { .. }) => missing.push(err),
+            Err(err) => return Err(err),
+        }
+    }
+    let sources = spec.data.len() + spec.data_from.len();
+    if sources > 0 && missing.len() + empty_finds.len() == sources {
+        let err = missing
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Error::RemoteKeyNotFound {
+                key: format!("dataFrom[{}].find", empty_finds[0]),
+                detail: "no remote secret matches".into(),
+            });
+        return Ok(Outcome::Gone(err));
+    }
+    if let Some(err) = missing.into_iter().next() {
+        return Err(err);
+    }
+    Ok(Outcome::Fetched(Fetched {
+        data: data.into_map(),
+        versions: reader.versions,
+    }))
+}
+
+type Sourced = BTreeMap<String, (Vec<u8>, String)>;
+
+async fn read_data_from<P: SecretProvider>(
+    reader: &mut Reader<'_, P>,
+    index: usize,
+    entry: &DataFrom,
+) -> Result<Sourced> {
+    let (raw, conversion) = match (&entry.extract, &entry.find) {
+        (Some(extract), _) => {
+            let source = format!("dataFrom[{index}].extract (remote key {:?})", extract.key);
+            let map = reader.extract(extract).await?;
+            let sourced = map
+                .into_iter()
+                .map(|(key, value)| (key, (value, source.clone())))
+                .collect();
+            (sourced, extract.conversion_strategy)
+        }
+        (None, Some(find)) => (reader.find(index, find).await?, find.conversion_strategy),
+        (None, None) => {
+            return Err(Error::InvalidSpec(format!(
+                "dataFrom[{index}] sets neither extract nor find"
+            )));
+        }
+    };
+    // As in ESO, rewrites see the remote names; conversion then makes them valid keys.
+    let rewritten = keys::rewrite(raw, &entry.rewrite)?;
+    let mut converted = BTreeMap::new();
+    for (key, (value, source)) in rewritten {
+        let key = keys::convert(&key, conversion);
+        if let Some((_, first)) = converted.get(&key) {
+            return Err(Error::KeyCollision {
+                key,
+                first: String::clone(first),
+                second: source,
+            });
+        }
+        converted.insert(key, (value, source));
+    }
+    Ok(converted)
+}
+
+struct Reader<'a, P> {
+    provider: &'a P,
+    secrets: HashMap<(String, Version), RemoteSecret>,
+    versions: BTreeMap<String, String>,
+}
+
+impl<P: SecretProvider> Reader<'_, P> {
+    /// The remote secret, or its tags as a JSON object for `metadataPolicy: Fetch`.
+    async fn read(&mut self, reference: &RemoteRef) -> Result<&RemoteSecret> {
+        let version = Version::parse(reference.version.as_deref());
+        if reference.metadata_policy == MetadataPolicy::Fetch {
+            let tags = self.provider.get_tags(&reference.key).await?;
+            let json = serde_json::to_string(&tags).expect("string maps serialize");
+            let cache_key = (format!("tags:{}", reference.key), version);
+            let secret = RemoteSecret {
+                version_id: None,
+                value: RemoteValue::Text(json),
+            };
+            return Ok(self.secrets.entry(cache_key).or_insert(secret));
+        }
+        self.read_version(&reference.key, version, reference.version.as_deref())
+            .await
+    }
+
+    async fn read_version(
+        &mut self,
+        key: &str,
+        version: Version,
+        named: Option<&str>,
+    ) -> Result<&RemoteSecret> {
+        let cache_key = (key.to_string(), version);
+        if !self.secrets.contains_key(&cache_key) {
+            let secret = self.provider.get_secret(key, &cache_key.1).await?;
+            if let Some(id) = &secret.version_id {
+                let synced_key = match named {
+                    None => key.to_string(),
+                    Some(v) => format!("{key}@{v}"),
+                };
+                self.versions.insert(synced_key, id.clone());
+            }
+            self.secrets.insert(cache_key.clone(), secret);
+        }
+        Ok(&self.secrets[&cache_key])
+    }
+
+    async fn value(&mut self, reference: &RemoteRef) -> Result<Vec<u8>> {
+        let secret = self.read(reference).await?;
+        mapping::value_bytes(
+            secret,
+            &reference.key,
+            reference.property.as_deref(),
+            reference.decoding_strategy,
+        )
+    }
+
+    async fn extract(&mut self, reference: &RemoteRef) -> Result<BTreeMap<String, Vec<u8>>> {
+        let secret = self.read(reference).await?;
+        mapping::extract(
+            secret,
+            &reference.key,
+            reference.property.as_deref(),
+            reference.decoding_strategy,
+        )
+    }
+
+    /// Every matching secret's whole value, keyed by its name.
+    async fn find(&mut self, index: usize, find: &FindRef) -> Result<Sourced> {
+        let regexp = find
+            .name
+            .as_ref()
+            .map(|name| {
+                Regex::new(&name.regexp).map_err(|err| {
+                    Error::InvalidSpec(format!("dataFrom[{index}].find.name.regexp: {err}"))
+                })
+            })
+            .transpose()?;
+        let names = self
+            .provider
+            .list_names(find.path.as_deref(), &find.tags)
+            .await?;
+        let mut found = BTreeMap::new();
+        for name in names {
+            if regexp.as_ref().is_some_and(|r| !r.is_match(&name)) {
+                continue;
+            }
+            let secret = match self.read_version(&name, Version::parse(None), None).await {
+                Ok(secret) => secret,
+                // Deleted between listing and reading: it is simply no longer found.
+                Err(Error::RemoteKeyNotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let value = mapping::value_bytes(secret, &name, None, find.decoding_strategy)?;
+            let source = format!("dataFrom[{index}].find (remote secret {name:?})");
+            found.insert(name, (value, source));
+        }
+        Ok(found)
+    }
+}

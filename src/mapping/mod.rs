@@ -1,0 +1,266 @@
+//! Turning remote values into Secret data: JSON property paths, decoding, and (in `keys`) the keys that
+//! `dataFrom` produces. Independent of Kubernetes and of the provider, so it is unit-tested alone.
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use serde_json::Value;
+
+use crate::api::DecodingStrategy;
+use crate::error::{Error, Result};
+use crate::provider::{RemoteSecret, RemoteValue};
+
+/// The bytes for one Secret key: the whole value, or the value at `property` (strings unquoted, any other
+/// JSON value as JSON text), then decoded. Binary values are written byte for byte.
+pub fn value_bytes(
+    remote: &RemoteSecret,
+    key: &str,
+    property: Option<&str>,
+    decoding: DecodingStrategy,
+) -> Result<Vec<u8>> {
+    let bytes = match property {
+        None => match &remote.value {
+            RemoteValue::Text(text) => text.as_bytes().to_vec(),
+            RemoteValue::Binary(bytes) => bytes.clone(),
+        },
+        Some(property) => {
+            let json = parse_json(remote, key, Some(property))?;
+            let found = lookup(&json, property).ok_or_else(|| Error::PropertyNotFound {
+                key: key.to_string(),
+                property: property.to_string(),
+            })?;
+            json_text(found)
+        }
+    };
+    decode(bytes, decoding).map_err(|problem| Error::InvalidRemoteValue {
+        key: key.to_string(),
+        problem: with_property(problem, property),
+    })
+}
+
+/// Every top-level key of a JSON object (the one at `property`, if set) as a Secret key, each value decoded.
+pub fn extract(
+    remote: &RemoteSecret,
+    key: &str,
+    property: Option<&str>,
+    decoding: DecodingStrategy,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let json = parse_json(remote, key, property)?;
+    let object = match property {
+        None => &json,
+        Some(property) => lookup(&json, property).ok_or_else(|| Error::PropertyNotFound {
+            key: key.to_string(),
+            property: property.to_string(),
+        })?,
+    };
+    let object = object
+        .as_object()
+        .ok_or_else(|| Error::InvalidRemoteValue {
+            key: key.to_string(),
+            problem: with_property("the value is not a JSON object".into(), property),
+        })?;
+    object
+        .iter()
+        .map(|(name, value)| {
+            let bytes = decode(json_text(value), decoding).map_err(|problem| {
+                Error::InvalidRemoteValue {
+                    key: key.to_string(),
+                    problem: format!("{problem} (property {name:?})"),
+                }
+            })?;
+            Ok((name.clone(), bytes))
+        })
+        .collect()
+}
+
+fn with_property(problem: String, property: Option<&str>) -> String {
+    match property {
+        Some(property) => format!("{problem} (property {property:?})"),
+        None => problem,
+    }
+}
+
+fn parse_json(remote: &RemoteSecret, key: &str, property: Option<&str>) -> Result<Value> {
+    let invalid = |problem: &str| Error::InvalidRemoteValue {
+        key: key.to_string(),
+        problem: match property {
+            Some(property) => format!("{problem}, so property {property:?} cannot be read"),
+            None => format!("{problem}, so its keys cannot be extracted"),
+        },
+    };
+    let text = match &remote.value {
+        RemoteValue::Text(text) => text.as_str(),
+        RemoteValue::Binary(bytes) => {
+            std::str::from_utf8(bytes).map_err(|_| invalid("the value is binary"))?
+        }
+    };
+    // serde_json's error messages quote no input, but say nothing of the value anyway.
+    serde_json::from_str(text).map_err(|_| invalid("the value is not JSON"))
+}
+
+/// Strings as their text, everything else as compact JSON.
+fn json_text(value: &Value) -> Vec<u8> {
+    match value {
+        Value::String(s) => s.as_bytes().to_vec(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+/// The value at a property path. A top-level key that itself contains dots is tried literally first;
+/// otherwise the path is split on dots (`\.` escapes one) and walks objects by key and arrays by index.
+pub fn lookup<'a>(json: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(found) = json.as_object().and_then(|object| object.get(path)) {
+        return Some(found);
+    }
+    split_path(path)
+        .iter()
+        .try_fold(json, |value, segment| match value {
+            Value::Object(object) => object.get(segment),
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?),
+            _ => None,
+        })
+}
+
+fn split_path(path: &str) -> Vec<String> {
+    let mut segments = vec![String::new()];
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => segments
+                .last_mut()
+                .expect("never empty")
+                .extend(chars.next()),
+            '.' => segments.push(String::new()),
+            c => segments.last_mut().expect("never empty").push(c),
+        }
+    }
+    segments
+}
+
+/// Decodes per `decodingStrategy`; the error says what failed, never the input.
+pub fn decode(bytes: Vec<u8>, strategy: DecodingStrategy) -> Result<Vec<u8>, String> {
+    let trimmed = || bytes.trim_ascii();
+    match strategy {
+        DecodingStrategy::None => Ok(bytes),
+        DecodingStrategy::Base64 => STANDARD
+            .decode(trimmed())
+            .map_err(|_| "the value is not valid Base64".to_string()),
+        DecodingStrategy::Base64Url => URL_SAFE
+            .decode(trimmed())
+            .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed()))
+            .map_err(|_| "the value is not valid Base64URL".to_string()),
+        DecodingStrategy::Auto => Ok(STANDARD
+            .decode(trimmed())
+            .or_else(|_| URL_SAFE.decode(trimmed()))
+            .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed()))
+            .unwrap_or(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(value: &str) -> RemoteSecret {
+        RemoteSecret {
+            version_id: None,
+            value: RemoteValue::Text(value.to_string()),
+        }
+    }
+
+    fn read(secret: &RemoteSecret, property: Option<&str>) -> Result<Vec<u8>> {
+        value_bytes(secret, "k", property, DecodingStrategy::None)
+    }
+
+    #[test]
+    fn whole_value() {
+        assert_eq!(read(&text("plain"), None).unwrap(), b"plain");
+        let binary = RemoteSecret {
+            version_id: None,
+            value: RemoteValue::Binary(vec![0, 159, 255]),
+        };
+        assert_eq!(read(&binary, None).unwrap(), vec![0, 159, 255]);
+    }
+
+    #[test]
+    fn properties_unquote_strings_and_keep_json_for_the_rest() {
+        let secret = text(r#"{"user":"admin","port":5432,"tags":["a"],"nested":{"x":true}}"#);
+        assert_eq!(read(&secret, Some("user")).unwrap(), b"admin");
+        assert_eq!(read(&secret, Some("port")).unwrap(), b"5432");
+        assert_eq!(read(&secret, Some("tags")).unwrap(), br#"["a"]"#);
+        assert_eq!(read(&secret, Some("nested")).unwrap(), br#"{"x":true}"#);
+    }
+
+    #[test]
+    fn property_paths() {
+        let value = json!({
+            "db": {"primary": {"host": "h1"}},
+            "list": [{"name": "first"}, {"name": "second"}],
+            "dotted.key": "literal",
+            "a": {"b.c": "escaped"},
+        });
+        let at = |path| lookup(&value, path).cloned();
+        assert_eq!(at("db.primary.host"), Some(json!("h1")));
+        assert_eq!(at("list.1.name"), Some(json!("second")));
+        assert_eq!(at("dotted.key"), Some(json!("literal")));
+        assert_eq!(at(r"a.b\.c"), Some(json!("escaped")));
+        assert_eq!(at("list.7.name"), None);
+        assert_eq!(at("list.x"), None);
+        assert_eq!(at("db.primary.host.more"), None);
+    }
+
+    #[test]
+    fn decoding_strategies() {
+        let decode_str = |s: &str, strategy| decode(s.as_bytes().to_vec(), strategy);
+        assert_eq!(
+            decode_str("aGk/Pz4+", DecodingStrategy::Base64).unwrap(),
+            b"hi??>>"
+        );
+        assert_eq!(
+            decode_str("aGk_Pz4-", DecodingStrategy::Base64Url).unwrap(),
+            b"hi??>>"
+        );
+        assert_eq!(
+            decode_str("aGk", DecodingStrategy::Base64Url).unwrap(),
+            b"hi"
+        );
+        assert_eq!(
+            decode_str("aGk_Pz4-", DecodingStrategy::Auto).unwrap(),
+            b"hi??>>"
+        );
+        assert_eq!(
+            decode_str("not base64!", DecodingStrategy::Auto).unwrap(),
+            b"not base64!"
+        );
+        let err = decode_str("canary!", DecodingStrategy::Base64).unwrap_err();
+        assert!(!err.contains("canary"));
+    }
+
+    #[test]
+    fn extract_top_level_keys() {
+        let secret = text(r#"{"user":"admin","port":5432,"inner":{"token":"dG9r"}}"#);
+        let all = extract(&secret, "k", None, DecodingStrategy::None).unwrap();
+        assert_eq!(all["user"], b"admin");
+        assert_eq!(all["port"], b"5432");
+        assert_eq!(all["inner"], br#"{"token":"dG9r"}"#);
+        let inner = extract(&secret, "k", Some("inner"), DecodingStrategy::Base64).unwrap();
+        assert_eq!(inner["token"], b"tok");
+        let err = extract(&secret, "k", Some("user"), DecodingStrategy::None).unwrap_err();
+        assert_eq!(err.reason(), "InvalidRemoteValue");
+    }
+
+    #[test]
+    fn errors_name_key_and_property_but_not_the_value() {
+        let err = read(&text(r#"{"user":"canary"}"#), Some("password")).unwrap_err();
+        assert_eq!(err.reason(), "PropertyNotFound");
+        assert!(err.to_string().contains("k") && err.to_string().contains("password"));
+
+        let err = read(&text("canary not json"), Some("user")).unwrap_err();
+        assert_eq!(err.reason(), "InvalidRemoteValue");
+        assert!(!err.to_string().contains("canary"));
+    }
+}
