@@ -155,37 +155,91 @@ async fn apply(
     })
 }
 
-/// `deletionPolicy: Merge`: takes our keys out of the Secret (server-side apply drops the fields we no
-/// longer send), leaving everything else.
+/// `deletionPolicy: Merge`: takes the keys, labels and annotations we applied out of the Secret and leaves
+/// everything else. Which ones are ours comes from our server-side-apply entry in `managedFields`; they are
+/// removed with a merge patch, because an apply that drops them can take keys written through `stringData`
+/// by others with them.
 pub async fn remove_our_keys(
     api: &Api<Secret>,
     es: &ExternalSecret,
     hasher: &DataHasher,
     before: &Secret,
 ) -> Result<Written> {
-    let empty = Rendered::default();
-    let secret = match es.spec.target.creation_policy {
-        CreationPolicy::Owner | CreationPolicy::Orphan => {
-            let data = BTreeMap::new();
-            let hash = hasher.hash(&data);
-            owned_secret(
-                es,
-                before.type_.clone(),
-                empty.labels,
-                empty.annotations,
-                data,
-                hash,
-            )
-        }
-        _ => Secret {
-            metadata: ObjectMeta {
-                name: Some(es.target_name().to_string()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
+    let ours = applied_fields(before);
+    let removed = |section: &[&str]| -> serde_json::Map<String, serde_json::Value> {
+        ours.iter()
+            .filter(|(path, _)| path.as_slice() == section)
+            .map(|(_, key)| (key.clone(), serde_json::Value::Null))
+            .collect()
     };
-    apply(api, es, &secret, Some(before)).await
+    let mut data_removed = removed(&["data"]);
+    let mut annotations = removed(&["metadata", "annotations"]);
+    let mut labels = removed(&["metadata", "labels"]);
+    if matches!(
+        es.spec.target.creation_policy,
+        CreationPolicy::Owner | CreationPolicy::Orphan
+    ) {
+        // Still ours: keep the marks and record the hash of what remains, so it reads as intact.
+        let remaining: BTreeMap<String, ByteString> = before
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| !data_removed.contains_key(key))
+            .collect();
+        annotations.insert(DATA_HASH_ANNOTATION.into(), hasher.hash(&remaining).into());
+        annotations.remove(EXTERNAL_SECRET_ANNOTATION);
+        labels.remove(MANAGED_LABEL);
+    }
+    if data_removed.is_empty() && annotations.is_empty() && labels.is_empty() {
+        return Ok(Written::Unchanged);
+    }
+    let patch = serde_json::json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "data": std::mem::take(&mut data_removed),
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let after = api
+        .patch(es.target_name(), &params, &Patch::Merge(&patch))
+        .await?;
+    Ok(if after.resource_version() == before.resource_version() {
+        Written::Unchanged
+    } else {
+        Written::Updated
+    })
+}
+
+/// The map entries our field manager applied, as (path of the map, key): `(["data"], "password")`.
+fn applied_fields(secret: &Secret) -> Vec<(Vec<&'static str>, String)> {
+    let entry = secret.managed_fields().iter().find(|entry| {
+        entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.operation.as_deref() == Some("Apply")
+    });
+    let Some(fields) = entry.and_then(|entry| entry.fields_v1.as_ref()) else {
+        return Vec::new();
+    };
+    let sections: [(&[&'static str], &serde_json::Value); 3] = [
+        (&["data"], &fields.0["f:data"]),
+        (&["metadata", "labels"], &fields.0["f:metadata"]["f:labels"]),
+        (
+            &["metadata", "annotations"],
+            &fields.0["f:metadata"]["f:annotations"],
+        ),
+    ];
+    sections
+        .into_iter()
+        .flat_map(|(path, section)| {
+            section
+                .as_object()
+                .into_iter()
+                .flat_map(|map| map.keys())
+                .filter_map(|key| key.strip_prefix("f:"))
+                .map(move |key| (path.to_vec(), key.to_string()))
+        })
+        .collect()
 }
 
 /// `deletionPolicy: Delete`; only an owned Secret gets here (the CRD requires `creationPolicy: Owner`).

@@ -72,7 +72,11 @@ impl SecretProvider for AwsSecretsManager {
         };
         let result = request.send().await;
         self.record("GetSecretValue", &result);
-        let output = result.map_err(|err| classify("GetSecretValue", Some(key), err))?;
+        let label = match version {
+            Version::Stage(stage) if stage == Version::CURRENT => key.to_string(),
+            other => format!("{key}@{other}"),
+        };
+        let output = result.map_err(|err| classify("GetSecretValue", Some(&label), err))?;
         let value = match (output.secret_string, output.secret_binary) {
             (Some(text), _) => RemoteValue::Text(text),
             (None, Some(blob)) => RemoteValue::Binary(blob.into_inner()),

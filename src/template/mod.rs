@@ -12,6 +12,7 @@ use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 
 use crate::api::{SecretTemplate, TemplateMergePolicy, TemplateScope, TemplateTarget};
 use crate::error::{Error, Result};
+use crate::mapping::keys;
 
 /// Bounds the work one template may do, so a runaway loop cannot stall the operator.
 const FUEL: u64 = 1_000_000;
@@ -101,6 +102,9 @@ pub fn render(
         let mut data = fetched;
         data.append(&mut templated.data);
         templated.data = data;
+    }
+    for key in templated.data.keys() {
+        keys::validate(key, "target.template")?;
     }
     Ok(templated)
 }
