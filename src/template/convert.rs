@@ -1,7 +1,9 @@
 //! `secretsync convert`: rewrites ESO manifests into secretsync ones. The apiVersion changes; Go templates
 //! become MiniJinja where their form is a common one (`{{ .key }}`, `{{ .key | b64enc }}`,
-//! `{{ index . "a-b" }}`, `{{ b64dec .key }}`, pipes of the functions we share). Anything else is kept as
-//! written and reported, so nothing is silently changed in meaning.
+//! `{{ index . "a-b" }}`, `{{ b64dec .key }}`, `printf` with `%s`, pipes of the functions we share). Anything
+//! else is kept as written and reported, so nothing is silently changed in meaning.
+
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
@@ -33,38 +35,81 @@ pub struct Converted {
 }
 
 pub fn convert_manifests(input: &str) -> Result<Converted, String> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(input)
+    let mut documents: Vec<Value> = serde_saphyr::from_multiple(input)
         .map_err(|err| format!("the input is not YAML: {err}"))?;
+    documents.retain(|d| !d.is_null());
     let mut problems = Vec::new();
-    let mut out = Vec::new();
-    for (index, mut document) in documents.into_iter().filter(|d| !d.is_null()).enumerate() {
+    let mut templates = referenced_templates(&documents);
+    for (index, document) in documents.iter_mut().enumerate() {
         let name = format!(
             "document {} ({} {:?})",
             index + 1,
             document["kind"].as_str().unwrap_or("?"),
             document["metadata"]["name"].as_str().unwrap_or("?")
         );
-        convert_document(&mut document, &name, &mut problems);
-        out.push(serde_saphyr::to_string(&document).map_err(|err| err.to_string())?);
+        convert_document(document, &name, &mut templates, &mut problems);
     }
+    for (kind, object, key) in templates {
+        problems.push(format!(
+            "templateFrom {kind} {object:?} key {key:?} holds Go templates and is not in the input; \
+             convert it by hand or convert it together with the ExternalSecret"
+        ));
+    }
+    let yaml = documents
+        .iter()
+        .map(serde_saphyr::to_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| err.to_string())?;
     Ok(Converted {
-        yaml: out.join("---\n"),
+        yaml: yaml.join("---\n"),
         problems,
     })
 }
 
-fn convert_document(document: &mut Value, name: &str, problems: &mut Vec<String>) {
-    let api_version = document["apiVersion"].as_str().unwrap_or_default();
+/// The ConfigMap and Secret keys that ESO ExternalSecrets read templates from: (kind, name, key).
+fn referenced_templates(documents: &[Value]) -> BTreeSet<(&'static str, String, String)> {
+    let mut referenced = BTreeSet::new();
+    for document in documents.iter().filter(|d| is_eso(d, "ExternalSecret")) {
+        let sources = document["spec"]["target"]["template"]["templateFrom"].as_array();
+        for source in sources.into_iter().flatten() {
+            for (field, kind) in [("configMap", "ConfigMap"), ("secret", "Secret")] {
+                let Some(object) = source[field]["name"].as_str() else {
+                    continue;
+                };
+                for item in source[field]["items"].as_array().into_iter().flatten() {
+                    if let Some(key) = item["key"].as_str() {
+                        referenced.insert((kind, object.to_string(), key.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    referenced
+}
+
+fn is_eso(document: &Value, kind: &str) -> bool {
+    document["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with(ESO_GROUP))
+        && document["kind"].as_str() == Some(kind)
+}
+
+fn convert_document(
+    document: &mut Value,
+    name: &str,
+    templates: &mut BTreeSet<(&'static str, String, String)>,
+    problems: &mut Vec<String>,
+) {
     let kind = document["kind"].as_str().unwrap_or_default().to_string();
-    if !api_version.starts_with(ESO_GROUP) || !KINDS.contains(&kind.as_str()) {
-        problems.push(format!(
-            "{name}: not an ESO ExternalSecret or store; left as is"
-        ));
+    if !KINDS.iter().any(|k| is_eso(document, k)) {
+        convert_template_holder(document, &kind, name, templates, problems);
         return;
     }
     document["apiVersion"] = Value::String(format!("{GROUP}/v1alpha1"));
     if kind == "ExternalSecret" {
-        convert_external_secret(&mut document["spec"], name, problems);
+        if let Some(spec) = document.get_mut("spec") {
+            convert_external_secret(spec, name, problems);
+        }
     } else if let Some(provider) = document["spec"]["provider"].as_object() {
         let unsupported: Vec<_> = provider
             .keys()
@@ -78,8 +123,43 @@ fn convert_document(document: &mut Value, name: &str, problems: &mut Vec<String>
     }
 }
 
+/// A ConfigMap (`data`) or Secret (`stringData`) in the input that an ExternalSecret reads templates from.
+fn convert_template_holder(
+    document: &mut Value,
+    kind: &str,
+    name: &str,
+    templates: &mut BTreeSet<(&'static str, String, String)>,
+    problems: &mut Vec<String>,
+) {
+    let object = document["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let field = match kind {
+        "ConfigMap" => "data",
+        "Secret" => "stringData",
+        _ => return,
+    };
+    let wanted: Vec<_> = templates
+        .iter()
+        .filter(|(k, o, _)| *k == kind && *o == object)
+        .cloned()
+        .collect();
+    for entry in wanted {
+        let key = &entry.2;
+        if let Some(Value::String(text)) = document.get_mut(field).and_then(|f| f.get_mut(key)) {
+            templates.remove(&entry);
+            match convert_template(text) {
+                Ok(converted) => *text = converted,
+                Err(problem) => {
+                    problems.push(format!("{name}: {field}.{key}: {problem}; left as is"))
+                }
+            }
+        }
+    }
+}
+
 fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<String>) {
-    let mut external = Vec::new();
     let mut convert_at = |value: &mut Value, field: String| {
         if let Value::String(text) = value {
             match convert_template(text) {
@@ -88,53 +168,50 @@ fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<Stri
             }
         }
     };
-    let template = &mut spec["target"]["template"];
-    if let Some(data) = template["data"].as_object_mut() {
+    if let Some(data) = spec
+        .pointer_mut("/target/template/data")
+        .and_then(Value::as_object_mut)
+    {
         for (key, value) in data.iter_mut() {
             convert_at(value, format!("spec.target.template.data.{key}"));
         }
     }
     for part in ["labels", "annotations"] {
-        if let Some(map) = template["metadata"][part].as_object_mut() {
+        let path = format!("/target/template/metadata/{part}");
+        if let Some(map) = spec.pointer_mut(&path).and_then(Value::as_object_mut) {
             for (key, value) in map.iter_mut() {
                 convert_at(value, format!("spec.target.template.metadata.{part}.{key}"));
             }
         }
     }
-    if let Some(sources) = template["templateFrom"].as_array_mut() {
+    if let Some(sources) = spec
+        .pointer_mut("/target/template/templateFrom")
+        .and_then(Value::as_array_mut)
+    {
         for (i, source) in sources.iter_mut().enumerate() {
-            if source.get("literal").is_some() {
+            if let Some(literal) = source.get_mut("literal") {
                 convert_at(
-                    &mut source["literal"],
+                    literal,
                     format!("spec.target.template.templateFrom[{i}].literal"),
                 );
             }
-            for kind in ["configMap", "secret"] {
-                if let Some(object) = source[kind]["name"].as_str() {
-                    external.push(format!(
-                        "{name}: spec.target.template.templateFrom[{i}]: the {kind} {object:?} holds Go templates; \
-                         convert its content by hand"
-                    ));
-                }
-            }
         }
     }
-    if let Some(entries) = spec["dataFrom"].as_array_mut() {
+    if let Some(entries) = spec.get_mut("dataFrom").and_then(Value::as_array_mut) {
         for (i, entry) in entries.iter_mut().enumerate() {
-            let Some(rewrites) = entry["rewrite"].as_array_mut() else {
+            let Some(rewrites) = entry.get_mut("rewrite").and_then(Value::as_array_mut) else {
                 continue;
             };
             for (j, rewrite) in rewrites.iter_mut().enumerate() {
-                if rewrite["transform"].get("template").is_some() {
+                if let Some(template) = rewrite.pointer_mut("/transform/template") {
                     convert_at(
-                        &mut rewrite["transform"]["template"],
+                        template,
                         format!("spec.dataFrom[{i}].rewrite[{j}].transform.template"),
                     );
                 }
             }
         }
     }
-    problems.append(&mut external);
 }
 
 /// One Go template → MiniJinja, or what stopped the conversion.
@@ -175,6 +252,7 @@ fn convert_action(action: &str) -> Result<String, String> {
     let first = commands.next().ok_or("an empty action")?;
     let mut expression = match first.as_slice() {
         [operand] => operand_expression(operand)?,
+        [printf, format, args @ ..] if printf == "printf" => concatenation(format, args)?,
         [index, dot, key] if index == "index" => match dot.as_str() {
             "." => format!("lookup({key})", key = string_literal(key)?),
             field => format!("{}[{}]", operand_expression(field)?, string_literal(key)?),
@@ -266,6 +344,28 @@ fn operand_expression(operand: &str) -> Result<String, String> {
     Ok(path.to_string())
 }
 
+/// `printf "%s:%s" .a .b` → `("" ~ a ~ ":" ~ b)`; only `%s` verbs are converted.
+fn concatenation(format: &str, args: &[String]) -> Result<String, String> {
+    let format: String = serde_json::from_str(&string_literal(format)?)
+        .map_err(|_| format!("printf format {format:?} is not converted"))?;
+    let pieces: Vec<&str> = format.split("%s").collect();
+    if pieces.len() != args.len() + 1 || pieces.iter().any(|piece| piece.contains('%')) {
+        return Err(format!(
+            "printf {format:?} is not converted (only %s verbs, one per argument)"
+        ));
+    }
+    let mut parts = Vec::new();
+    for (index, piece) in pieces.iter().enumerate() {
+        if !piece.is_empty() {
+            parts.push(serde_json::to_string(piece).expect("strings serialize"));
+        }
+        if let Some(arg) = args.get(index) {
+            parts.push(operand_expression(arg)?);
+        }
+    }
+    Ok(format!("({})", parts.join(" ~ ")))
+}
+
 fn string_literal(word: &str) -> Result<String, String> {
     if let Some(raw) = word.strip_prefix('`').and_then(|w| w.strip_suffix('`')) {
         return Ok(serde_json::to_string(raw).expect("strings serialize"));
@@ -330,12 +430,14 @@ mod tests {
                 "postgres://{{ .user }}:{{ .password }}@db:5432/app",
                 "postgres://{{ user }}:{{ password }}@db:5432/app",
             ),
-            ("{{ (.config | fromJson).a }}", ""),
+            (
+                r#"{{ printf "%s:%s" .user .password | b64enc }}"#,
+                r#"{{ (user ~ ":" ~ password) | b64enc }}"#,
+            ),
         ];
-        for (go, ours) in &cases[..8] {
-            assert_eq!(convert_template(go).unwrap(), *ours, "{go}");
+        for (go, ours) in cases {
+            assert_eq!(convert_template(go).unwrap(), ours, "{go}");
         }
-        assert!(convert_template(cases[8].0).is_err());
     }
 
     #[test]
@@ -348,6 +450,8 @@ mod tests {
             "{{ . }}",
             "{% raw %}{{ .a }}",
             "{{ .a ",
+            "{{ (.config | fromJson).a }}",
+            r#"{{ printf "%d" .n }}"#,
         ] {
             assert!(convert_template(go).is_err(), "{go}");
         }
