@@ -86,6 +86,43 @@ struct Case {
     then: Option<(Step, Expect)>,
 }
 
+impl Case {
+    fn aws(
+        name: &'static str,
+        remote: &'static [Remote],
+        spec: &'static str,
+        expect: Expect,
+    ) -> Case {
+        Case {
+            name,
+            store: Store::Aws,
+            remote,
+            objects: "",
+            spec,
+            expect,
+            then: None,
+        }
+    }
+
+    fn fake(name: &'static str, data: &'static str, spec: &'static str, expect: Expect) -> Case {
+        Case {
+            store: Store::Fake(data),
+            ..Case::aws(name, &[], spec, expect)
+        }
+    }
+
+    fn with_objects(self, objects: &'static str) -> Case {
+        Case { objects, ..self }
+    }
+
+    fn then(self, step: Step, expect: Expect) -> Case {
+        Case {
+            then: Some((step, expect)),
+            ..self
+        }
+    }
+}
+
 fn owned(data: &'static [(&'static str, &'static [u8])]) -> Expect {
     Expect::Secret {
         ownership: Ownership::Owner,
@@ -103,17 +140,15 @@ fn failure(class: &'static str) -> Expect {
 
 fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "property-paths",
-            store: Store::Aws,
-            remote: &[Remote::Text(
+        Case::aws(
+            "property-paths",
+            &[Remote::Text(
                 "db",
                 &[
                     r#"{"conn":{"host":"h1","port":5432},"list":[{"n":"a"},{"n":"b"}],"dot.key":"lit","a":{"b.c":"esc"}}"#,
                 ],
             )],
-            objects: "",
-            spec: r#"
+            r#"
 data:
 - {secretKey: host, remoteRef: {key: db, property: conn.host}}
 - {secretKey: port, remoteRef: {key: db, property: conn.port}}
@@ -122,7 +157,7 @@ data:
 - {secretKey: escaped, remoteRef: {key: db, property: 'a.b\.c'}}
 - {secretKey: object, remoteRef: {key: db, property: conn}}
 "#,
-            expect: owned(&[
+            owned(&[
                 ("host", b"h1"),
                 ("port", b"5432"),
                 ("second", b"b"),
@@ -130,14 +165,11 @@ data:
                 ("escaped", b"esc"),
                 ("object", br#"{"host":"h1","port":5432}"#),
             ]),
-            then: None,
-        },
-        Case {
-            name: "versions",
-            store: Store::Aws,
-            remote: &[Remote::Text("app", &["v1", "v2", "v3"])],
-            objects: "",
-            spec: r#"
+        ),
+        Case::aws(
+            "versions",
+            &[Remote::Text("app", &["v1", "v2", "v3"])],
+            r#"
 data:
 - {secretKey: current, remoteRef: {key: app}}
 - {secretKey: explicit, remoteRef: {key: app, version: AWSCURRENT}}
@@ -145,26 +177,23 @@ data:
 - {secretKey: staged, remoteRef: {key: app, version: STAGED}}
 - {secretKey: pinned, remoteRef: {key: app, version: "uuid/{version:app:1}"}}
 "#,
-            expect: owned(&[
+            owned(&[
                 ("current", b"v3"),
                 ("explicit", b"v3"),
                 ("previous", b"v2"),
                 ("staged", b"v1"),
                 ("pinned", b"v2"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "decoding",
-            store: Store::Aws,
-            remote: &[
+        ),
+        Case::aws(
+            "decoding",
+            &[
                 Remote::Text("std", &["aGk/Pz4+"]),
                 Remote::Text("url", &["aGk_Pz4-"]),
                 Remote::Text("raw", &["not base64!"]),
                 Remote::Text("json", &[r#"{"cert":"Y2VydA=="}"#]),
             ],
-            objects: "",
-            spec: r#"
+            r#"
 data:
 - {secretKey: base64, remoteRef: {key: std, decodingStrategy: Base64}}
 - {secretKey: base64url, remoteRef: {key: url, decodingStrategy: Base64URL}}
@@ -173,7 +202,7 @@ data:
 - {secretKey: none, remoteRef: {key: std, decodingStrategy: None}}
 - {secretKey: property, remoteRef: {key: json, property: cert, decodingStrategy: Base64}}
 "#,
-            expect: owned(&[
+            owned(&[
                 ("base64", b"hi??>>"),
                 ("base64url", b"hi??>>"),
                 ("auto-url", b"hi??>>"),
@@ -181,61 +210,49 @@ data:
                 ("none", b"aGk/Pz4+"),
                 ("property", b"cert"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "invalid-base64",
-            store: Store::Aws,
-            remote: &[Remote::Text("raw", &["not base64!"])],
-            objects: "",
-            spec: "data: [{secretKey: x, remoteRef: {key: raw, decodingStrategy: Base64}}]",
-            expect: failure("InvalidRemoteValue"),
-            then: None,
-        },
-        Case {
-            name: "metadata-fetch",
-            store: Store::Aws,
-            remote: &[Remote::Tagged(
+        ),
+        Case::aws(
+            "invalid-base64",
+            &[Remote::Text("raw", &["not base64!"])],
+            "data: [{secretKey: x, remoteRef: {key: raw, decodingStrategy: Base64}}]",
+            failure("InvalidRemoteValue"),
+        ),
+        Case::aws(
+            "metadata-fetch",
+            &[Remote::Tagged(
                 "tagged",
                 "value",
                 &[("team", "payments"), ("env", "prod")],
             )],
-            objects: "",
-            spec: r#"
+            r#"
 data:
 - {secretKey: tags, remoteRef: {key: tagged, metadataPolicy: Fetch}}
 - {secretKey: team, remoteRef: {key: tagged, metadataPolicy: Fetch, property: team}}
 "#,
-            expect: owned(&[
+            owned(&[
                 ("tags", br#"{"env":"prod","team":"payments"}"#),
                 ("team", b"payments"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "binary",
-            store: Store::Aws,
-            remote: &[Remote::Binary("blob", &[0, 1, 127, 128, 254, 255])],
-            objects: "",
-            spec: "data: [{secretKey: blob, remoteRef: {key: blob}}]",
-            expect: owned(&[("blob", &[0, 1, 127, 128, 254, 255])]),
-            then: None,
-        },
-        Case {
-            name: "extract",
-            store: Store::Aws,
-            remote: &[Remote::Text(
+        ),
+        Case::aws(
+            "binary",
+            &[Remote::Binary("blob", &[0, 1, 127, 128, 254, 255])],
+            "data: [{secretKey: blob, remoteRef: {key: blob}}]",
+            owned(&[("blob", &[0, 1, 127, 128, 254, 255])]),
+        ),
+        Case::aws(
+            "extract",
+            &[Remote::Text(
                 "cfg",
                 &[r#"{"user":"u","port":1,"a/b":"slash","nested":{"x y":"space","t":"dG9r"}}"#],
             )],
-            objects: "",
-            spec: r#"
+            r#"
 dataFrom:
 - extract: {key: cfg}
 - extract: {key: cfg, property: nested, conversionStrategy: Unicode}
   rewrite: [{regexp: {source: "^(.*)$", target: "nested-$1"}}]
 "#,
-            expect: owned(&[
+            owned(&[
                 ("user", b"u"),
                 ("port", b"1"),
                 ("a_b", b"slash"),
@@ -243,19 +260,16 @@ dataFrom:
                 ("nested-x_U0020_y", b"space"),
                 ("nested-t", b"dG9r"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "find",
-            store: Store::Aws,
-            remote: &[
+        ),
+        Case::aws(
+            "find",
+            &[
                 Remote::Tagged("app/one", "1", &[("team", "a")]),
                 Remote::Tagged("app/two", "2", &[("team", "b")]),
                 Remote::Tagged("app/three", "3", &[("team", "a")]),
                 Remote::Tagged("other/four", "4", &[("team", "a")]),
             ],
-            objects: "",
-            spec: r#"
+            r#"
 dataFrom:
 - find: {path: app/, name: {regexp: "t"}}
 - find: {tags: {team: a}}
@@ -263,7 +277,7 @@ dataFrom:
 - find: {path: app/, tags: {team: a}, name: {regexp: "e$"}, decodingStrategy: Auto}
   rewrite: [{regexp: {source: "^app/(.*)$", target: "combined.$1"}}]
 "#,
-            expect: owned(&[
+            owned(&[
                 ("app_two", b"2"),
                 ("app_three", b"3"),
                 ("tag-APP-ONE", b"1"),
@@ -272,17 +286,14 @@ dataFrom:
                 ("combined.one", b"1"),
                 ("combined.three", b"3"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "template",
-            store: Store::Aws,
-            remote: &[Remote::Text(
+        ),
+        Case::aws(
+            "template",
+            &[Remote::Text(
                 "reg",
                 &[r#"{"user":"robot","pass-word":"pw","host":"registry.example"}"#],
             )],
-            objects: "",
-            spec: r#"
+            r#"
 dataFrom: [{extract: {key: reg}}]
 target:
   template:
@@ -293,7 +304,7 @@ target:
     data:
       .dockerconfigjson: '{"auths":{"{{ host }}":{"auth":"{{ (user ~ ":" ~ lookup("pass-word")) | b64enc }}"}}}'
 "#,
-            expect: Expect::Secret {
+            Expect::Secret {
                 ownership: Ownership::Owner,
                 type_: "kubernetes.io/dockerconfigjson",
                 labels: &[("registry", "registry-example")],
@@ -304,42 +315,23 @@ target:
                 )],
                 immutable: false,
             },
-            then: None,
-        },
-        Case {
-            name: "template-merge",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u","password":"p"}"#])],
-            objects: "",
-            spec: r#"
+        ),
+        Case::aws(
+            "template-merge",
+            &[Remote::Text("db", &[r#"{"user":"u","password":"p"}"#])],
+            r#"
 dataFrom: [{extract: {key: db}}]
 target:
   template:
     mergePolicy: Merge
     data: {dsn: "pg://{{ user }}:{{ password }}@db", user: "{{ user | upper }}"}
 "#,
-            expect: owned(&[("user", b"U"), ("password", b"p"), ("dsn", b"pg://u:p@db")]),
-            then: None,
-        },
-        Case {
-            name: "template-from",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u","password":"p"}"#])],
-            objects: r#"
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: template-from-config}
-data:
-  app.yaml: "user: {{ user }}\n"
-  extra: "k1: '{{ password }}'\nk2: fixed"
----
-apiVersion: v1
-kind: Secret
-metadata: {name: template-from-secret}
-stringData:
-  token: "{{ password | b64enc }}"
-"#,
-            spec: r#"
+            owned(&[("user", b"U"), ("password", b"p"), ("dsn", b"pg://u:p@db")]),
+        ),
+        Case::aws(
+            "template-from",
+            &[Remote::Text("db", &[r#"{"user":"u","password":"p"}"#])],
+            r#"
 dataFrom: [{extract: {key: db}}]
 target:
   template:
@@ -351,7 +343,7 @@ target:
     - literal: "note: for {{ user }}"
       target: Annotations
 "#,
-            expect: Expect::Secret {
+            Expect::Secret {
                 ownership: Ownership::Owner,
                 type_: "Opaque",
                 labels: &[("owner", "u")],
@@ -364,72 +356,69 @@ target:
                 ],
                 immutable: false,
             },
-            then: None,
-        },
-        Case {
-            name: "template-error",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u"}"#])],
-            objects: "",
-            spec: r#"
+        )
+        .with_objects(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: template-from-config}
+data:
+  app.yaml: "user: {{ user }}\n"
+  extra: "k1: '{{ password }}'\nk2: fixed"
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: template-from-secret}
+stringData:
+  token: "{{ password | b64enc }}"
+"#),
+        Case::aws(
+            "template-error",
+            &[Remote::Text("db", &[r#"{"user":"u"}"#])],
+            r#"
 dataFrom: [{extract: {key: db}}]
 target: {template: {data: {x: "{{ missing_key }}"}}}
 "#,
-            expect: failure("TemplateError"),
-            then: None,
-        },
-        Case {
-            name: "invalid-property",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u"}"#])],
-            objects: "",
-            spec: "data: [{secretKey: x, remoteRef: {key: db, property: nope.deeper}}]",
-            expect: failure("PropertyNotFound"),
-            then: None,
-        },
-        Case {
-            name: "invalid-regexp",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["x"])],
-            objects: "",
-            spec: "dataFrom: [{find: {name: {regexp: '(unclosed'}}}]",
-            expect: failure("InvalidSpec"),
-            then: None,
-        },
-        Case {
-            name: "invalid-key",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u"}"#])],
-            objects: "",
-            spec: r#"
+            failure("TemplateError"),
+        ),
+        Case::aws(
+            "invalid-property",
+            &[Remote::Text("db", &[r#"{"user":"u"}"#])],
+            "data: [{secretKey: x, remoteRef: {key: db, property: nope.deeper}}]",
+            failure("PropertyNotFound"),
+        ),
+        Case::aws(
+            "invalid-regexp",
+            &[Remote::Text("db", &["x"])],
+            "dataFrom: [{find: {name: {regexp: '(unclosed'}}}]",
+            failure("InvalidSpec"),
+        ),
+        Case::aws(
+            "invalid-key",
+            &[Remote::Text("db", &[r#"{"user":"u"}"#])],
+            r#"
 dataFrom: [{extract: {key: db}}]
 target: {template: {templateFrom: [{literal: "bad key: '{{ user }}'"}]}}
 "#,
-            expect: failure("InvalidKey"),
-            then: None,
-        },
-        Case {
-            name: "key-collision",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &[r#"{"user":"u"}"#])],
-            objects: "",
-            spec: r#"
+            failure("InvalidKey"),
+        ),
+        Case::aws(
+            "key-collision",
+            &[Remote::Text("db", &[r#"{"user":"u"}"#])],
+            r#"
 dataFrom: [{extract: {key: db}}]
 data: [{secretKey: user, remoteRef: {key: db, property: user}}]
 "#,
-            expect: failure("KeyCollision"),
-            then: None,
-        },
-        Case {
-            name: "orphan",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["v"])],
-            objects: "",
-            spec: r#"
+            failure("KeyCollision"),
+        ),
+        Case::aws(
+            "orphan",
+            &[Remote::Text("db", &["v"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {creationPolicy: Orphan}
 "#,
-            expect: Expect::Secret {
+            Expect::Secret {
                 ownership: Ownership::Orphan,
                 type_: "Opaque",
                 labels: &[],
@@ -437,24 +426,15 @@ target: {creationPolicy: Orphan}
                 data: &[("v", b"v")],
                 immutable: false,
             },
-            then: None,
-        },
-        Case {
-            name: "merge",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["ours"])],
-            objects: r#"
-apiVersion: v1
-kind: Secret
-metadata: {name: merge, labels: {app: theirs}}
-type: kubernetes.io/basic-auth
-stringData: {username: theirs, password: old}
-"#,
-            spec: r#"
+        ),
+        Case::aws(
+            "merge",
+            &[Remote::Text("db", &["ours"])],
+            r#"
 data: [{secretKey: password, remoteRef: {key: db}}, {secretKey: extra, remoteRef: {key: db}}]
 target: {creationPolicy: Merge, deletionPolicy: Merge}
 "#,
-            expect: Expect::Secret {
+            Expect::Secret {
                 ownership: Ownership::Foreign,
                 type_: "kubernetes.io/basic-auth",
                 labels: &[("app", "theirs")],
@@ -466,45 +446,46 @@ target: {creationPolicy: Merge, deletionPolicy: Merge}
                 ],
                 immutable: false,
             },
-            then: Some((
-                Step::DeleteRemote("db"),
-                Expect::KeysRemoved(&[("username", b"theirs")]),
-            )),
-        },
-        Case {
-            name: "merge-missing",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["v"])],
-            objects: "",
-            spec: r#"
+        )
+        .with_objects(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: merge, labels: {app: theirs}}
+type: kubernetes.io/basic-auth
+stringData: {username: theirs, password: old}
+"#,
+        )
+        .then(
+            Step::DeleteRemote("db"),
+            Expect::KeysRemoved(&[("username", b"theirs")]),
+        ),
+        Case::aws(
+            "merge-missing",
+            &[Remote::Text("db", &["v"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {creationPolicy: Merge}
 "#,
-            expect: Expect::Failure("SecretMissing", "SecretMissing"),
-            then: None,
-        },
-        Case {
-            name: "creation-none",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["v"])],
-            objects: "",
-            spec: r#"
+            Expect::Failure("SecretMissing", "SecretMissing"),
+        ),
+        Case::aws(
+            "creation-none",
+            &[Remote::Text("db", &["v"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {creationPolicy: None}
 "#,
-            expect: Expect::NoSecret,
-            then: None,
-        },
-        Case {
-            name: "immutable",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["v1"])],
-            objects: "",
-            spec: r#"
+            Expect::NoSecret,
+        ),
+        Case::aws(
+            "immutable",
+            &[Remote::Text("db", &["v1"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {immutable: true}
 "#,
-            expect: Expect::Secret {
+            Expect::Secret {
                 ownership: Ownership::Owner,
                 type_: "Opaque",
                 labels: &[],
@@ -512,121 +493,101 @@ target: {immutable: true}
                 data: &[("v", b"v1")],
                 immutable: true,
             },
-            then: Some((Step::Rotate("db", "v2"), failure("ImmutableSecret"))),
-        },
-        Case {
-            name: "deleted-retain",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["kept"])],
-            objects: "",
-            spec: "data: [{secretKey: v, remoteRef: {key: db}}]",
-            expect: owned(&[("v", b"kept")]),
-            then: Some((Step::DeleteRemote("db"), failure("RemoteKeyNotFound"))),
-        },
-        Case {
-            name: "deleted-delete",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["gone"])],
-            objects: "",
-            spec: r#"
+        )
+        .then(Step::Rotate("db", "v2"), failure("ImmutableSecret")),
+        Case::aws(
+            "deleted-retain",
+            &[Remote::Text("db", &["kept"])],
+            "data: [{secretKey: v, remoteRef: {key: db}}]",
+            owned(&[("v", b"kept")]),
+        )
+        .then(Step::DeleteRemote("db"), failure("RemoteKeyNotFound")),
+        Case::aws(
+            "deleted-delete",
+            &[Remote::Text("db", &["gone"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {deletionPolicy: Delete}
 "#,
-            expect: owned(&[("v", b"gone")]),
-            then: Some((Step::DeleteRemote("db"), Expect::Deleted)),
-        },
-        Case {
-            name: "deleted-merge-owned",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["gone"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"gone")]),
+        )
+        .then(Step::DeleteRemote("db"), Expect::Deleted),
+        Case::aws(
+            "deleted-merge-owned",
+            &[Remote::Text("db", &["gone"])],
+            r#"
 data: [{secretKey: v, remoteRef: {key: db}}]
 target: {deletionPolicy: Merge}
 "#,
-            expect: owned(&[("v", b"gone")]),
-            then: Some((Step::DeleteRemote("db"), Expect::KeysRemoved(&[]))),
-        },
-        Case {
-            name: "created-once",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["first"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"gone")]),
+        )
+        .then(Step::DeleteRemote("db"), Expect::KeysRemoved(&[])),
+        Case::aws(
+            "created-once",
+            &[Remote::Text("db", &["first"])],
+            r#"
 refreshPolicy: CreatedOnce
 refreshInterval: 1s
 data: [{secretKey: v, remoteRef: {key: db}}]
 "#,
-            expect: owned(&[("v", b"first")]),
-            then: Some((Step::Rotate("db", "second"), owned(&[("v", b"first")]))),
-        },
-        Case {
-            name: "on-change",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["first"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"first")]),
+        )
+        .then(Step::Rotate("db", "second"), owned(&[("v", b"first")])),
+        Case::aws(
+            "on-change",
+            &[Remote::Text("db", &["first"])],
+            r#"
 refreshPolicy: OnChange
 refreshInterval: 1s
 data: [{secretKey: v, remoteRef: {key: db}}]
 "#,
-            expect: owned(&[("v", b"first")]),
-            then: Some((Step::Rotate("db", "second"), owned(&[("v", b"second")]))),
-        },
-        Case {
-            name: "on-change-quiet",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["first"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"first")]),
+        )
+        .then(Step::Rotate("db", "second"), owned(&[("v", b"second")])),
+        Case::aws(
+            "on-change-quiet",
+            &[Remote::Text("db", &["first"])],
+            r#"
 refreshPolicy: OnChange
 refreshInterval: 1s
 data: [{secretKey: v, remoteRef: {key: db}}]
 "#,
-            expect: owned(&[("v", b"first")]),
-            then: Some((
-                Step::RotateQuietly("db", "second", Duration::from_secs(3)),
-                owned(&[("v", b"first")]),
-            )),
-        },
-        Case {
-            name: "sync-once",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["first"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"first")]),
+        )
+        .then(
+            Step::RotateQuietly("db", "second", Duration::from_secs(3)),
+            owned(&[("v", b"first")]),
+        ),
+        Case::aws(
+            "sync-once",
+            &[Remote::Text("db", &["first"])],
+            r#"
 refreshInterval: "0"
 data: [{secretKey: v, remoteRef: {key: db}}]
 "#,
-            expect: owned(&[("v", b"first")]),
-            then: Some((
-                Step::RotateQuietly("db", "second", Duration::from_secs(3)),
-                owned(&[("v", b"first")]),
-            )),
-        },
-        Case {
-            name: "quiet-refresh",
-            store: Store::Aws,
-            remote: &[Remote::Text("db", &["same"])],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"first")]),
+        )
+        .then(
+            Step::RotateQuietly("db", "second", Duration::from_secs(3)),
+            owned(&[("v", b"first")]),
+        ),
+        Case::aws(
+            "quiet-refresh",
+            &[Remote::Text("db", &["same"])],
+            r#"
 refreshInterval: 1s
 data: [{secretKey: v, remoteRef: {key: db}}]
 "#,
-            expect: owned(&[("v", b"same")]),
-            then: Some((
-                Step::StaysQuiet(Duration::from_secs(4)),
-                owned(&[("v", b"same")]),
-            )),
-        },
-        Case {
-            name: "fake",
-            store: Store::Fake(
-                r#"[{key: db, value: '{"user":"u","nested":{"p":"cA=="}}'}, {key: db, value: old, version: AWSPREVIOUS}, {key: app/a, value: "1"}, {key: app/b, value: "2"}]"#,
-            ),
-            remote: &[],
-            objects: "",
-            spec: r#"
+            owned(&[("v", b"same")]),
+        )
+        .then(
+            Step::StaysQuiet(Duration::from_secs(4)),
+            owned(&[("v", b"same")]),
+        ),
+        Case::fake(
+            "fake",
+            r#"[{key: db, value: '{"user":"u","nested":{"p":"cA=="}}'}, {key: db, value: old, version: AWSPREVIOUS}, {key: app/a, value: "1"}, {key: app/b, value: "2"}]"#,
+            r#"
 data:
 - {secretKey: previous, remoteRef: {key: db, version: AWSPREVIOUS}}
 - {secretKey: p, remoteRef: {key: db, property: nested.p, decodingStrategy: Base64}}
@@ -637,7 +598,7 @@ dataFrom:
   rewrite: [{transform: {template: "found-{{ value | replace('/', '-') }}"}}]
 target: {template: {mergePolicy: Merge, data: {greeting: "hello {{ user }}"}}}
 "#,
-            expect: owned(&[
+            owned(&[
                 ("previous", b"old"),
                 ("p", b"p"),
                 ("tags", b"{}"),
@@ -647,17 +608,13 @@ target: {template: {mergePolicy: Merge, data: {greeting: "hello {{ user }}"}}}
                 ("found-app-b", b"2"),
                 ("greeting", b"hello u"),
             ]),
-            then: None,
-        },
-        Case {
-            name: "fake-missing",
-            store: Store::Fake("[{key: db, value: x}]"),
-            remote: &[],
-            objects: "",
-            spec: "data: [{secretKey: v, remoteRef: {key: nope}}]",
-            expect: failure("RemoteKeyNotFound"),
-            then: None,
-        },
+        ),
+        Case::fake(
+            "fake-missing",
+            "[{key: db, value: x}]",
+            "data: [{secretKey: v, remoteRef: {key: nope}}]",
+            failure("RemoteKeyNotFound"),
+        ),
     ]
 }
 
@@ -1038,6 +995,15 @@ async fn api_server_refuses_invalid_manifests() {
         (
             es("data: [{secretKey: 'a/b', remoteRef: {key: a}}]"),
             "secretKey",
+        ),
+        (
+            es("data: [{secretKey: a, remoteRef: {key: x}}, {secretKey: a, remoteRef: {key: y}}]"),
+            "Duplicate value",
+        ),
+        (es("target: {name: Not_A_Name}"), "spec.target.name"),
+        (
+            es("target: {template: {data: {'bad key': x}}}"),
+            "template.data keys are Secret keys",
         ),
         (
             "apiVersion: secretsync.io/v1alpha1\nkind: SecretStore\nmetadata: {name: bad}\n\

@@ -39,8 +39,9 @@ pub struct ExternalSecretSpec {
     #[serde(default)]
     pub target: ExternalSecretTarget,
 
-    /// One Secret key per entry.
+    /// One Secret key per entry; the API server refuses two entries with the same `secretKey`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["secretKey"]))]
     pub data: Vec<ExternalSecretData>,
 
     /// Many Secret keys per entry: a JSON secret's properties, or every secret a search finds.
@@ -105,6 +106,10 @@ impl std::fmt::Display for StoreKind {
 pub struct ExternalSecretTarget {
     /// The Secret to write; defaults to the ExternalSecret's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     #[serde(default)]
     pub creation_policy: CreationPolicy,
@@ -159,6 +164,8 @@ pub struct SecretTemplate {
     pub merge_policy: TemplateMergePolicy,
     /// Secret key → template text.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(key, key.matches('^[-._a-zA-Z0-9]+$'))")
+        .message("template.data keys are Secret keys: letters, digits, '-', '_' and '.'"))]
     pub data: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub template_from: Vec<TemplateFrom>,
@@ -236,7 +243,7 @@ pub enum TemplateTarget {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalSecretData {
     /// The key in the target Secret.
-    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub secret_key: String,
     pub remote_ref: RemoteRef,
 }

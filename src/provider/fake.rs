@@ -81,7 +81,7 @@ impl SecretProvider for FakeProvider {
     }
 
     async fn validate(&self) -> Result<String> {
-        Ok("fake".to_string())
+        Ok("the built-in fake provider".to_string())
     }
 }
 
