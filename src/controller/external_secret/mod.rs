@@ -1,33 +1,36 @@
 //! The ExternalSecret controller: reads remote values, writes the target Secret, reports status and events.
 
+mod status;
+mod template_sources;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
+use super::Context;
 use super::stores::{self, StoreScope};
-use super::{Context, apply_status, publish};
 use crate::api::{
-    ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus,
-    READY, RefreshPolicy, SecretBinding, SecretStore, SecretTemplate, StoreKind, TemplateScope,
-    is_ready, ready_condition, set_condition,
+    ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, RefreshPolicy, SecretStore,
+    StoreKind, is_ready,
 };
 use crate::error::{Error, Result};
 use crate::fetch::{self, Outcome};
 use crate::target::{self, MANAGED_LABEL, Written};
-use crate::template::{self, Rendered, TemplateSource};
+use crate::template::{self, Rendered};
+
+use status::{record_failure, record_gone, record_success};
+use template_sources::template_sources;
 
 const CONTROLLER: &str = "externalsecret";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
@@ -295,70 +298,6 @@ async fn render(
     template::render(secret_template, &sources, data)
 }
 
-/// Reads `templateFrom` texts from ConfigMaps and Secrets in the ExternalSecret's namespace.
-async fn template_sources(
-    ctx: &Context,
-    namespace: &str,
-    secret_template: &SecretTemplate,
-) -> Result<Vec<TemplateSource>> {
-    let mut sources = Vec::new();
-    for from in &secret_template.template_from {
-        if let Some(literal) = &from.literal {
-            sources.push(TemplateSource {
-                target: from.target,
-                scope: TemplateScope::KeysAndValues,
-                origin: "templateFrom literal".into(),
-                key: String::new(),
-                text: literal.clone(),
-            });
-        }
-        let (kind, reference, mut texts) = if let Some(reference) = &from.config_map {
-            let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&reference.name)
-                .await?;
-            (
-                "ConfigMap",
-                reference,
-                map.map(|m| m.data.unwrap_or_default()),
-            )
-        } else if let Some(reference) = &from.secret {
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&reference.name)
-                .await?;
-            let texts = secret.map(|s| {
-                s.data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
-                    .collect()
-            });
-            ("Secret", reference, texts)
-        } else {
-            continue;
-        };
-        let texts = texts.as_mut().ok_or_else(|| {
-            Error::Template(format!(
-                "templateFrom {kind} {:?} not found",
-                reference.name
-            ))
-        })?;
-        for item in &reference.items {
-            let origin = format!("{kind} {:?} key {:?}", reference.name, item.key);
-            let text = texts
-                .remove(&item.key)
-                .ok_or_else(|| Error::Template(format!("templateFrom {origin} not found")))?;
-            sources.push(TemplateSource {
-                target: from.target,
-                scope: item.template_as,
-                origin,
-                key: item.key.clone(),
-                text,
-            });
-        }
-    }
-    Ok(sources)
-}
-
 /// `Some(wait)` while the last sync is still good: Ready, same spec/labels/annotations, and (for
 /// `Periodic`) not yet due. `checked` is when this operator last read the values (status `refreshTime` is
 /// only written when something changed).
@@ -400,176 +339,4 @@ fn synced_resource_version(es: &ExternalSecret) -> String {
     let digest = Sha256::digest(meta);
     let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{hash}", es.metadata.generation.unwrap_or_default())
-}
-
-/// Writes the status only when it changed: a refresh that found nothing new writes nothing.
-async fn record_success(
-    es: &ExternalSecret,
-    ctx: &Context,
-    namespace: &str,
-    written: Written,
-    versions: BTreeMap<String, String>,
-) -> Result<()> {
-    let target = es.target_name().to_string();
-    let old = es.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    let (message, binding) = match es.spec.target.creation_policy {
-        CreationPolicy::None => (
-            "values read; creationPolicy None writes no Secret".to_string(),
-            None,
-        ),
-        _ => (
-            format!("Secret {target:?} is in sync"),
-            Some(SecretBinding {
-                name: target.clone(),
-            }),
-        ),
-    };
-    set_condition(
-        &mut status.conditions,
-        ready_condition(true, "SecretSynced", message, es.metadata.generation),
-    );
-    status.synced_resource_version = Some(synced_resource_version(es));
-    status.binding = binding;
-    status.synced_versions = versions;
-    ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), true);
-    if status != old || written != Written::Unchanged {
-        status.refresh_time = Some(Time(Timestamp::now()));
-        patch_status(ctx, es, namespace, &status).await?;
-    }
-    let event = match written {
-        Written::Created => Some(("Created", format!("Created Secret {target:?}"))),
-        Written::Updated => Some(("Updated", format!("Updated Secret {target:?}"))),
-        Written::Unchanged => None,
-    };
-    if let Some((reason, note)) = event {
-        publish(ctx, es, EventType::Normal, "Sync", reason, note).await;
-    }
-    Ok(())
-}
-
-/// Every remote secret is gone: with `Delete` or `Merge` the Secret was cleaned up (`SecretDeleted`);
-/// with `Retain` it is kept and the error reported.
-async fn record_gone(
-    es: &ExternalSecret,
-    ctx: &Context,
-    namespace: &str,
-    cleanup: Cleanup,
-    error: &Error,
-) -> Result<()> {
-    let target = es.target_name();
-    let policy = es.spec.target.deletion_policy;
-    let (reason, message) = match policy {
-        DeletionPolicy::Retain => return record_failure(es, ctx, namespace, error).await,
-        DeletionPolicy::Delete => (
-            "SecretDeleted",
-            format!(
-                "every remote secret is gone ({error}); Secret {target:?} deleted (deletionPolicy Delete)"
-            ),
-        ),
-        DeletionPolicy::Merge => (
-            "SecretDeleted",
-            format!(
-                "every remote secret is gone ({error}); our keys removed from Secret {target:?} (deletionPolicy Merge)"
-            ),
-        ),
-    };
-    ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), false);
-    let mut status = es.status.clone().unwrap_or_default();
-    let old = status.clone();
-    set_condition(
-        &mut status.conditions,
-        ready_condition(false, reason, message, es.metadata.generation),
-    );
-    status.synced_versions.clear();
-    if !same_condition(&old, &status) || old.synced_versions != status.synced_versions {
-        status.refresh_time = Some(Time(Timestamp::now()));
-        patch_status(ctx, es, namespace, &status).await?;
-    }
-    let note = match cleanup {
-        Cleanup::Deleted => Some(format!(
-            "Deleted Secret {target:?}: every remote secret is gone"
-        )),
-        Cleanup::KeysRemoved(Written::Unchanged) | Cleanup::Nothing => None,
-        Cleanup::KeysRemoved(_) => Some(format!(
-            "Removed our keys from Secret {target:?}: every remote secret is gone"
-        )),
-    };
-    if let Some(note) = note {
-        publish(ctx, es, EventType::Normal, "Sync", "Deleted", note).await;
-    }
-    Ok(())
-}
-
-fn same_condition(old: &ExternalSecretStatus, new: &ExternalSecretStatus) -> bool {
-    let ready = |status: &ExternalSecretStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .map(|c| {
-                (
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                    c.observed_generation,
-                )
-            })
-    };
-    ready(old) == ready(new)
-}
-
-/// Sets Ready=False and emits a warning event, once per distinct failure: a repeated error writes nothing.
-/// The message starts with the error's class (`RemoteKeyNotFound: ...`).
-async fn record_failure(
-    es: &ExternalSecret,
-    ctx: &Context,
-    namespace: &str,
-    err: &Error,
-) -> Result<()> {
-    tracing::warn!(externalsecret = %key(es), reason = err.reason(), error = %err, "sync failed");
-    ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), false);
-    let mut status = es.status.clone().unwrap_or_default();
-    let old = status.clone();
-    let message = format!("{}: {err}", err.reason());
-    set_condition(
-        &mut status.conditions,
-        ready_condition(
-            false,
-            err.condition_reason(),
-            message,
-            es.metadata.generation,
-        ),
-    );
-    if same_condition(&old, &status) {
-        return Ok(());
-    }
-    patch_status(ctx, es, namespace, &status).await?;
-    publish(
-        ctx,
-        es,
-        EventType::Warning,
-        "Sync",
-        err.event_reason(),
-        format!("{}: {err}", err.reason()),
-    )
-    .await;
-    Ok(())
-}
-
-async fn patch_status(
-    ctx: &Context,
-    es: &ExternalSecret,
-    namespace: &str,
-    status: &ExternalSecretStatus,
-) -> Result<()> {
-    apply_status(
-        &Api::<ExternalSecret>::namespaced(ctx.client.clone(), namespace),
-        es,
-        status,
-    )
-    .await
 }

@@ -1,0 +1,191 @@
+//! What a sync leaves behind on the ExternalSecret: the Ready condition, the other status fields and events,
+//! each written only when it changed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+
+use super::{Cleanup, key, synced_resource_version};
+use crate::api::{
+    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, READY, SecretBinding,
+    ready_condition, set_condition,
+};
+use crate::controller::{Context, apply_status, publish};
+use crate::error::{Error, Result};
+use crate::target::Written;
+
+/// Writes the status only when it changed: a refresh that found nothing new writes nothing.
+pub(super) async fn record_success(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    written: Written,
+    versions: BTreeMap<String, String>,
+) -> Result<()> {
+    let target = es.target_name().to_string();
+    let old = es.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let (message, binding) = match es.spec.target.creation_policy {
+        CreationPolicy::None => (
+            "values read; creationPolicy None writes no Secret".to_string(),
+            None,
+        ),
+        _ => (
+            format!("Secret {target:?} is in sync"),
+            Some(SecretBinding {
+                name: target.clone(),
+            }),
+        ),
+    };
+    set_condition(
+        &mut status.conditions,
+        ready_condition(true, "SecretSynced", message, es.metadata.generation),
+    );
+    status.synced_resource_version = Some(synced_resource_version(es));
+    status.binding = binding;
+    status.synced_versions = versions;
+    ctx.metrics
+        .external_secret_ready(namespace, &es.name_any(), true);
+    if status != old || written != Written::Unchanged {
+        status.refresh_time = Some(Time(Timestamp::now()));
+        patch_status(ctx, es, namespace, &status).await?;
+    }
+    let event = match written {
+        Written::Created => Some(("Created", format!("Created Secret {target:?}"))),
+        Written::Updated => Some(("Updated", format!("Updated Secret {target:?}"))),
+        Written::Unchanged => None,
+    };
+    if let Some((reason, note)) = event {
+        publish(ctx, es, EventType::Normal, "Sync", reason, note).await;
+    }
+    Ok(())
+}
+
+/// Every remote secret is gone: with `Delete` or `Merge` the Secret was cleaned up (`SecretDeleted`);
+/// with `Retain` it is kept and the error reported.
+pub(super) async fn record_gone(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    cleanup: Cleanup,
+    error: &Error,
+) -> Result<()> {
+    let target = es.target_name();
+    let policy = es.spec.target.deletion_policy;
+    let (reason, message) = match policy {
+        DeletionPolicy::Retain => return record_failure(es, ctx, namespace, error).await,
+        DeletionPolicy::Delete => (
+            "SecretDeleted",
+            format!(
+                "every remote secret is gone ({error}); Secret {target:?} deleted (deletionPolicy Delete)"
+            ),
+        ),
+        DeletionPolicy::Merge => (
+            "SecretDeleted",
+            format!(
+                "every remote secret is gone ({error}); our keys removed from Secret {target:?} (deletionPolicy Merge)"
+            ),
+        ),
+    };
+    ctx.metrics
+        .external_secret_ready(namespace, &es.name_any(), false);
+    let mut status = es.status.clone().unwrap_or_default();
+    let old = status.clone();
+    set_condition(
+        &mut status.conditions,
+        ready_condition(false, reason, message, es.metadata.generation),
+    );
+    status.synced_versions.clear();
+    if !same_condition(&old, &status) || old.synced_versions != status.synced_versions {
+        status.refresh_time = Some(Time(Timestamp::now()));
+        patch_status(ctx, es, namespace, &status).await?;
+    }
+    let note = match cleanup {
+        Cleanup::Deleted => Some(format!(
+            "Deleted Secret {target:?}: every remote secret is gone"
+        )),
+        Cleanup::KeysRemoved(Written::Unchanged) | Cleanup::Nothing => None,
+        Cleanup::KeysRemoved(_) => Some(format!(
+            "Removed our keys from Secret {target:?}: every remote secret is gone"
+        )),
+    };
+    if let Some(note) = note {
+        publish(ctx, es, EventType::Normal, "Sync", "Deleted", note).await;
+    }
+    Ok(())
+}
+
+fn same_condition(old: &ExternalSecretStatus, new: &ExternalSecretStatus) -> bool {
+    let ready = |status: &ExternalSecretStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| {
+                (
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                    c.observed_generation,
+                )
+            })
+    };
+    ready(old) == ready(new)
+}
+
+/// Sets Ready=False and emits a warning event, once per distinct failure: a repeated error writes nothing.
+/// The message starts with the error's class (`RemoteKeyNotFound: ...`).
+pub(super) async fn record_failure(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    err: &Error,
+) -> Result<()> {
+    tracing::warn!(externalsecret = %key(es), reason = err.reason(), error = %err, "sync failed");
+    ctx.metrics
+        .external_secret_ready(namespace, &es.name_any(), false);
+    let mut status = es.status.clone().unwrap_or_default();
+    let old = status.clone();
+    let message = format!("{}: {err}", err.reason());
+    set_condition(
+        &mut status.conditions,
+        ready_condition(
+            false,
+            err.condition_reason(),
+            message,
+            es.metadata.generation,
+        ),
+    );
+    if same_condition(&old, &status) {
+        return Ok(());
+    }
+    patch_status(ctx, es, namespace, &status).await?;
+    publish(
+        ctx,
+        es,
+        EventType::Warning,
+        "Sync",
+        err.event_reason(),
+        format!("{}: {err}", err.reason()),
+    )
+    .await;
+    Ok(())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    es: &ExternalSecret,
+    namespace: &str,
+    status: &ExternalSecretStatus,
+) -> Result<()> {
+    apply_status(
+        &Api::<ExternalSecret>::namespaced(ctx.client.clone(), namespace),
+        es,
+        status,
+    )
+    .await
+}
