@@ -22,6 +22,12 @@ use crate::metrics::Metrics;
 use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
 
+#[derive(Clone)]
+struct LastSync {
+    at: Timestamp,
+    synced_resource_version: String,
+}
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
@@ -32,9 +38,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
     pub store_refresh: Duration,
-    /// When each ExternalSecret's values were last read, so a refresh that changed nothing needs no
-    /// status write to remember it.
-    last_checked: Mutex<HashMap<String, Timestamp>>,
+    /// Each ExternalSecret's last successful sync by this process. Status says the same, but the watch cache
+    /// can lag behind our own status write, and a refresh that changed nothing writes no status.
+    last_sync: Mutex<HashMap<String, LastSync>>,
 }
 
 impl Context {
@@ -57,30 +63,31 @@ impl Context {
             hasher,
             backoff: Backoff::default(),
             store_refresh,
-            last_checked: Mutex::default(),
+            last_sync: Mutex::default(),
         }
     }
 
-    fn checked(&self, key: String) {
-        self.last_checked
+    fn synced(&self, key: String, synced_resource_version: String) {
+        let last = LastSync {
+            at: Timestamp::now(),
+            synced_resource_version,
+        };
+        self.last_sync
             .lock()
             .expect("never poisoned")
-            .insert(key, Timestamp::now());
+            .insert(key, last);
     }
 
-    fn last_checked(&self, key: &str) -> Option<Timestamp> {
-        self.last_checked
+    fn last_sync(&self, key: &str) -> Option<LastSync> {
+        self.last_sync
             .lock()
             .expect("never poisoned")
             .get(key)
-            .copied()
+            .cloned()
     }
 
-    fn forget_checked(&self, key: &str) {
-        self.last_checked
-            .lock()
-            .expect("never poisoned")
-            .remove(key);
+    fn forget_sync(&self, key: &str) {
+        self.last_sync.lock().expect("never poisoned").remove(key);
     }
 }
 

@@ -18,8 +18,8 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
-use super::Context;
 use super::stores::{self, StoreScope};
+use super::{Context, LastSync};
 use crate::api::{
     ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, RefreshPolicy, SecretStore,
     StoreKind, is_ready,
@@ -63,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(es)) = event {
                 metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
-                forget.forget_checked(&key(es));
+                forget.forget_sync(&key(es));
             }
         })
         .applied_objects()
@@ -171,6 +171,7 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
             Ok(requeue(next_refresh(&es, refresh)))
         }
         Err(err) => {
+            ctx.forget_sync(&key(&es));
             ctx.metrics.sync(&namespace, &es.name_any(), false);
             record_failure(&es, &ctx, &namespace, &err).await?;
             if err.is_transient() {
@@ -228,7 +229,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         // Someone else's Secret: its content is theirs to change, so only the refresh schedule counts.
         (CreationPolicy::Merge | CreationPolicy::None, _) => true,
     };
-    if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_checked(&key(es))) {
+    if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es))) {
         return Ok(Synced::UpToDate(wait));
     }
 
@@ -244,7 +245,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         Outcome::Fetched(fetched) => fetched,
         Outcome::Gone(error) => {
             let cleanup = clean_up(es, ctx, &secrets, existing.as_ref()).await?;
-            ctx.checked(key(es));
+            ctx.forget_sync(&key(es));
             return Ok(Synced::Gone { cleanup, error });
         }
     };
@@ -253,7 +254,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     }
     let rendered = render(es, ctx, namespace, fetched.data).await?;
     let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
-    ctx.checked(key(es));
+    ctx.synced(key(es), synced_resource_version(es));
     Ok(Synced::Written {
         written,
         versions: fetched.versions,
@@ -298,19 +299,26 @@ async fn render(
     template::render(secret_template, &sources, data)
 }
 
-/// `Some(wait)` while the last sync is still good: Ready, same spec/labels/annotations, and (for
-/// `Periodic`) not yet due. `checked` is when this operator last read the values (status `refreshTime` is
-/// only written when something changed).
+/// `Some(wait)` while the last sync is still good: it succeeded, for the current spec, labels and
+/// annotations, and (for `Periodic`) is not yet due. This process's own record of it comes first; after a
+/// restart, the status.
 fn refresh_wait(
     es: &ExternalSecret,
     refresh: Option<Duration>,
-    checked: Option<Timestamp>,
+    last: Option<LastSync>,
 ) -> Option<Option<Duration>> {
-    let status = es.status.as_ref()?;
-    if !is_ready(&status.conditions) {
-        return None;
-    }
-    let unchanged = status.synced_resource_version.as_deref() == Some(&synced_resource_version(es));
+    let current = synced_resource_version(es);
+    let (unchanged, last_at) = match last {
+        Some(last) => (last.synced_resource_version == current, Some(last.at)),
+        None => {
+            let status = es.status.as_ref()?;
+            if !is_ready(&status.conditions) {
+                return None;
+            }
+            let unchanged = status.synced_resource_version.as_deref() == Some(&current);
+            (unchanged, status.refresh_time.as_ref().map(|t| t.0))
+        }
+    };
     match es.spec.refresh_policy {
         RefreshPolicy::CreatedOnce => return Some(None),
         RefreshPolicy::OnChange => return unchanged.then_some(None),
@@ -320,11 +328,7 @@ fn refresh_wait(
     let Some(refresh) = refresh else {
         return Some(None);
     };
-    let last = [status.refresh_time.as_ref().map(|t| t.0), checked]
-        .into_iter()
-        .flatten()
-        .max()?;
-    let due = last
+    let due = last_at?
         .checked_add(SignedDuration::try_from(refresh).ok()?)
         .ok()?;
     let remaining = Timestamp::now().duration_until(due);
@@ -339,4 +343,82 @@ fn synced_resource_version(es: &ExternalSecret) -> String {
     let digest = Sha256::digest(meta);
     let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{hash}", es.metadata.generation.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ExternalSecretStatus, ready_condition};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn external_secret(policy: &str, ready: bool, synced_ago: Option<i64>) -> ExternalSecret {
+        let mut es: ExternalSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+            "metadata": {"name": "es", "namespace": "ns", "generation": 2},
+            "spec": {"secretStoreRef": {"name": "s"}, "refreshInterval": "1h", "refreshPolicy": policy},
+        }))
+        .unwrap();
+        let srv = synced_resource_version(&es);
+        es.status = Some(ExternalSecretStatus {
+            conditions: vec![ready_condition(ready, "R", "m", Some(2))],
+            refresh_time: synced_ago
+                .map(|secs| Time(Timestamp::now() - SignedDuration::from_secs(secs))),
+            synced_resource_version: Some(srv),
+            ..Default::default()
+        });
+        es
+    }
+
+    const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
+
+    #[test]
+    fn periodic_waits_until_due() {
+        let es = external_secret("Periodic", true, Some(600));
+        let wait = refresh_wait(&es, HOUR, None).unwrap().unwrap();
+        assert!(wait <= Duration::from_secs(3000) && wait > Duration::from_secs(2990));
+        assert!(refresh_wait(&external_secret("Periodic", true, Some(4000)), HOUR, None).is_none());
+        assert!(refresh_wait(&external_secret("Periodic", false, Some(600)), HOUR, None).is_none());
+        assert_eq!(
+            refresh_wait(&es, None, None),
+            Some(None),
+            "refreshInterval 0"
+        );
+    }
+
+    #[test]
+    fn a_changed_spec_is_synced_at_once_except_created_once() {
+        let mut es = external_secret("Periodic", true, Some(1));
+        es.metadata.generation = Some(3);
+        assert!(refresh_wait(&es, HOUR, None).is_none());
+        es.spec.refresh_policy = RefreshPolicy::OnChange;
+        assert!(refresh_wait(&es, HOUR, None).is_none());
+        es.spec.refresh_policy = RefreshPolicy::CreatedOnce;
+        assert_eq!(refresh_wait(&es, HOUR, None), Some(None));
+    }
+
+    #[test]
+    fn on_change_never_comes_back_by_itself() {
+        let es = external_secret("OnChange", true, Some(100_000));
+        assert_eq!(refresh_wait(&es, HOUR, None), Some(None));
+    }
+
+    #[test]
+    fn our_own_record_beats_a_lagging_status() {
+        let mut es = external_secret("Periodic", true, None);
+        es.status = None;
+        let last = LastSync {
+            at: Timestamp::now(),
+            synced_resource_version: synced_resource_version(&es),
+        };
+        assert!(
+            refresh_wait(&es, HOUR, Some(last.clone()))
+                .unwrap()
+                .is_some()
+        );
+        let stale = LastSync {
+            synced_resource_version: "1-other".into(),
+            ..last
+        };
+        assert!(refresh_wait(&es, HOUR, Some(stale)).is_none());
+    }
 }
