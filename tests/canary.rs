@@ -7,6 +7,8 @@ use base64::engine::general_purpose::STANDARD;
 use common::{Operator, TIMEOUT, TestContext, wait_for};
 
 const CANARY: &str = "canary-8c1f0e6b-do-not-log";
+/// ExternalSecrets that fail on a value holding the canary.
+const BROKEN: [&str; 3] = ["broken", "broken-template", "broken-decoding"];
 
 #[tokio::test]
 async fn canary_value_never_appears_in_logs_events_or_status() {
@@ -30,6 +32,19 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
     ))
     .await;
 
+    // Error paths that handle the value itself: a template that cannot convert it, a decoding that fails.
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: broken-template}}\nspec:\n  \
+         secretStoreRef: {{name: aws}}\n  dataFrom: [{{extract: {{key: {json_key}}}}}]\n  \
+         target: {{template: {{data: {{x: '{{{{ password | int }}}}', y: '{{{{ password ~ 1 + 2 }}}}'}}}}}}\n"
+    ))
+    .await;
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: broken-decoding}}\nspec:\n  \
+         secretStoreRef: {{name: aws}}\n  data:\n  - {{secretKey: x, remoteRef: {{key: {plain_key}, decodingStrategy: Base64}}}}\n"
+    ))
+    .await;
+
     wait_for("the canary Secret", TIMEOUT, || async {
         let data = t.secret_data("canary").await.ok_or("absent")?;
         (data.get("password").map(String::as_str) == Some(CANARY))
@@ -37,13 +52,15 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
             .ok_or("not synced")
     })
     .await;
-    wait_for("the broken one to fail", TIMEOUT, || async {
-        t.es_ready("broken")
-            .await
-            .filter(|c| c.0 == "False")
-            .ok_or("no failure yet")
-    })
-    .await;
+    for broken in BROKEN {
+        wait_for(&format!("{broken} to fail"), TIMEOUT, || async {
+            t.es_ready(broken)
+                .await
+                .filter(|c| c.0 == "False")
+                .ok_or("no failure yet")
+        })
+        .await;
+    }
     // A rotation, so that update paths are logged too.
     t.put_remote(&plain_key, &format!("{CANARY}-2")).await;
     t.force_sync("canary", "1").await;
@@ -75,9 +92,9 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
         );
     }
 
-    let mut reported = format!("{:?}", t.events_for("canary").await);
-    reported += &format!("{:?}", t.events_for("broken").await);
-    for name in ["canary", "broken"] {
+    let mut reported = String::new();
+    for name in std::iter::once("canary").chain(BROKEN) {
+        reported += &format!("{:?}", t.events_for(name).await);
         let es = t.external_secrets().get(name).await.unwrap();
         reported += &serde_json::to_string(&es.status).unwrap();
     }
