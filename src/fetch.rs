@@ -71,7 +71,8 @@ pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) ->
     }))
 }
 
-type Sourced = BTreeMap<String, (Vec<u8>, String)>;
+/// Secret keys with their values and where each came from (for collision messages).
+type Sourced = Vec<(String, (Vec<u8>, String))>;
 
 async fn read_data_from<P: SecretProvider>(
     reader: &mut Reader<'_, P>,
@@ -80,11 +81,16 @@ async fn read_data_from<P: SecretProvider>(
 ) -> Result<Sourced> {
     let (raw, conversion) = match (&entry.extract, &entry.find) {
         (Some(extract), _) => {
-            let source = format!("dataFrom[{index}].extract (remote key {:?})", extract.key);
             let map = reader.extract(extract).await?;
             let sourced = map
                 .into_iter()
-                .map(|(key, value)| (key, (value, source.clone())))
+                .map(|(name, value)| {
+                    let source = format!(
+                        "dataFrom[{index}].extract (remote key {:?}, property {name:?})",
+                        extract.key
+                    );
+                    (name, (value, source))
+                })
                 .collect();
             (sourced, extract.conversion_strategy)
         }
@@ -97,19 +103,10 @@ async fn read_data_from<P: SecretProvider>(
     };
     // As in ESO, rewrites see the remote names; conversion then makes them valid keys.
     let rewritten = keys::rewrite(raw, &entry.rewrite)?;
-    let mut converted = BTreeMap::new();
-    for (key, (value, source)) in rewritten {
-        let key = keys::convert(&key, conversion);
-        if let Some((_, first)) = converted.get(&key) {
-            return Err(Error::KeyCollision {
-                key,
-                first: String::clone(first),
-                second: source,
-            });
-        }
-        converted.insert(key, (value, source));
-    }
-    Ok(converted)
+    Ok(rewritten
+        .into_iter()
+        .map(|(key, value)| (keys::convert(&key, conversion), value))
+        .collect())
 }
 
 struct Reader<'a, P> {
@@ -123,14 +120,17 @@ impl<P: SecretProvider> Reader<'_, P> {
     async fn read(&mut self, reference: &RemoteRef) -> Result<&RemoteSecret> {
         let version = Version::parse(reference.version.as_deref());
         if reference.metadata_policy == MetadataPolicy::Fetch {
-            let tags = self.provider.get_tags(&reference.key).await?;
-            let json = serde_json::to_string(&tags).expect("string maps serialize");
             let cache_key = (format!("tags:{}", reference.key), version);
-            let secret = RemoteSecret {
-                version_id: None,
-                value: RemoteValue::Text(json),
-            };
-            return Ok(self.secrets.entry(cache_key).or_insert(secret));
+            if !self.secrets.contains_key(&cache_key) {
+                let tags = self.provider.get_tags(&reference.key).await?;
+                let json = serde_json::to_string(&tags).expect("string maps serialize");
+                let secret = RemoteSecret {
+                    version_id: None,
+                    value: RemoteValue::Text(json),
+                };
+                self.secrets.insert(cache_key.clone(), secret);
+            }
+            return Ok(&self.secrets[&cache_key]);
         }
         self.read_version(&reference.key, version, reference.version.as_deref())
             .await
@@ -192,7 +192,7 @@ impl<P: SecretProvider> Reader<'_, P> {
             .provider
             .list_names(find.path.as_deref(), &find.tags)
             .await?;
-        let mut found = BTreeMap::new();
+        let mut found = Vec::new();
         for name in names {
             if regexp.as_ref().is_some_and(|r| !r.is_match(&name)) {
                 continue;
@@ -205,7 +205,7 @@ impl<P: SecretProvider> Reader<'_, P> {
             };
             let value = mapping::value_bytes(secret, &name, None, find.decoding_strategy)?;
             let source = format!("dataFrom[{index}].find (remote secret {name:?})");
-            found.insert(name, (value, source));
+            found.push((name, (value, source)));
         }
         Ok(found)
     }

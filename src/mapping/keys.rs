@@ -49,14 +49,9 @@ pub fn validate(key: &str, source: &str) -> Result<()> {
     }
 }
 
-/// Applies `rewrite` entries in order to every key.
-pub fn rewrite<V>(
-    entries: BTreeMap<String, V>,
-    rewrites: &[Rewrite],
-) -> Result<BTreeMap<String, V>> {
-    if rewrites.is_empty() {
-        return Ok(entries);
-    }
+/// Applies `rewrite` entries in order to every key. Keys that end up equal are left for `KeySet` to refuse,
+/// naming where each came from.
+pub fn rewrite<V>(entries: Vec<(String, V)>, rewrites: &[Rewrite]) -> Result<Vec<(String, V)>> {
     let compiled = rewrites
         .iter()
         .map(|rewrite| match (&rewrite.regexp, &rewrite.transform) {
@@ -65,39 +60,34 @@ pub fn rewrite<V>(
                 .map_err(|err| {
                     Error::InvalidSpec(format!("rewrite regexp {:?}: {err}", regexp.source))
                 }),
-            (None, Some(transform)) => Ok(Rewriter::Transform(&transform.template)),
+            (None, Some(transform)) => template::KeyTransform::new(&transform.template)
+                .map(|t| Rewriter::Transform(Box::new(t))),
             (None, None) => Err(Error::InvalidSpec(
                 "a rewrite entry sets neither regexp nor transform".into(),
             )),
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut rewritten = BTreeMap::new();
-    for (key, value) in entries {
-        let mut new_key = key.clone();
-        for rewriter in &compiled {
-            new_key = rewriter.apply(&new_key)?;
-        }
-        if rewritten.insert(new_key.clone(), value).is_some() {
-            return Err(Error::KeyCollision {
-                key: new_key,
-                first: "another key of the same dataFrom entry".into(),
-                second: format!("key {key:?} after rewrite"),
-            });
-        }
-    }
-    Ok(rewritten)
+    entries
+        .into_iter()
+        .map(|(key, value)| {
+            let key = compiled
+                .iter()
+                .try_fold(key, |key, rewriter| rewriter.apply(&key))?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 enum Rewriter<'a> {
     Regexp(Regex, &'a str),
-    Transform(&'a str),
+    Transform(Box<template::KeyTransform>),
 }
 
 impl Rewriter<'_> {
     fn apply(&self, key: &str) -> Result<String> {
         match self {
             Rewriter::Regexp(source, target) => Ok(source.replace_all(key, *target).into_owned()),
-            Rewriter::Transform(template) => template::render_key(template, key),
+            Rewriter::Transform(transform) => transform.apply(key),
         }
     }
 }
@@ -174,7 +164,7 @@ mod tests {
 
     #[test]
     fn rewrites_apply_in_order() {
-        let keys = BTreeMap::from([("app_db_user".to_string(), 1), ("app_api".to_string(), 2)]);
+        let keys = vec![("app_db_user".to_string(), 1), ("app_api".to_string(), 2)];
         let transform = Rewrite {
             regexp: None,
             transform: Some(RewriteTransform {
@@ -183,19 +173,26 @@ mod tests {
         };
         let out = rewrite(keys, &[regexp("^app_(.*)$", "svc-$1"), transform]).unwrap();
         assert_eq!(
-            out.into_keys().collect::<Vec<_>>(),
-            ["SVC-API", "SVC-DB_USER"]
+            out,
+            [("SVC-DB_USER".to_string(), 1), ("SVC-API".to_string(), 2)]
         );
     }
 
     #[test]
-    fn rewrite_errors() {
-        let keys = BTreeMap::from([("a1".to_string(), ()), ("a2".to_string(), ())]);
+    fn invalid_rewrites() {
+        let keys = vec![("a1".to_string(), ())];
         let err = rewrite(keys.clone(), &[regexp("(", "x")]).unwrap_err();
         assert_eq!(err.reason(), "InvalidSpec");
-        let err = rewrite(keys, &[regexp("[0-9]", "")]).unwrap_err();
-        assert_eq!(err.reason(), "KeyCollision");
-        assert!(err.to_string().contains("\"a\""), "{err}");
+        let transform = Rewrite {
+            regexp: None,
+            transform: Some(RewriteTransform {
+                template: "{{ value".into(),
+            }),
+        };
+        assert_eq!(
+            rewrite(keys, &[transform]).unwrap_err().reason(),
+            "TemplateError"
+        );
     }
 
     #[test]

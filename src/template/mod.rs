@@ -109,11 +109,28 @@ pub fn render(
     Ok(templated)
 }
 
-/// A `dataFrom.rewrite[].transform`: the key is the variable `value`.
-pub fn render_key(template: &str, key: &str) -> Result<String> {
-    let env = environment();
-    let context = Value::from_pairs([("value", Value::from(key))]);
-    render_one(&env, "rewrite.transform", template, &context)
+/// A `dataFrom.rewrite[].transform`, parsed once and applied to every key (the variable `value`).
+pub struct KeyTransform {
+    env: Environment<'static>,
+}
+
+impl KeyTransform {
+    const NAME: &'static str = "rewrite.transform";
+
+    pub fn new(template: &str) -> Result<Self> {
+        let mut env = environment();
+        env.add_template_owned(Self::NAME, template.to_string())
+            .map_err(|err| Error::Template(describe(&err, Self::NAME)))?;
+        Ok(KeyTransform { env })
+    }
+
+    pub fn apply(&self, key: &str) -> Result<String> {
+        let context = Value::from_pairs([("value", Value::from(key))]);
+        self.env
+            .get_template(Self::NAME)
+            .and_then(|template| template.render(context))
+            .map_err(|err| Error::Template(describe(&err, Self::NAME)))
+    }
 }
 
 fn context(fetched: &BTreeMap<String, Vec<u8>>) -> Value {
@@ -307,9 +324,10 @@ mod tests {
 
     #[test]
     fn transform_sees_the_key_as_value() {
-        assert_eq!(
-            render_key("{{ value | replace('_', '-') }}", "a_b").unwrap(),
-            "a-b"
-        );
+        let transform = KeyTransform::new("{{ value | replace('_', '-') }}").unwrap();
+        assert_eq!(transform.apply("a_b").unwrap(), "a-b");
+        assert_eq!(transform.apply("c_d").unwrap(), "c-d");
+        let err = KeyTransform::new("{{ value").err().unwrap();
+        assert_eq!(err.reason(), "TemplateError");
     }
 }
