@@ -229,6 +229,9 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         // Someone else's Secret: its content is theirs to change, so only the refresh schedule counts.
         (CreationPolicy::Merge | CreationPolicy::None, _) => true,
     };
+    if creation == CreationPolicy::Merge && existing.is_none() {
+        return Err(Error::SecretMissing(es.target_name().to_string()));
+    }
     if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es))) {
         return Ok(Synced::UpToDate(wait));
     }
@@ -249,9 +252,6 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             return Ok(Synced::Gone { cleanup, error });
         }
     };
-    if creation == CreationPolicy::Merge && existing.is_none() {
-        return Err(Error::SecretMissing(es.target_name().to_string()));
-    }
     let rendered = render(es, ctx, namespace, fetched.data).await?;
     let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
     ctx.synced(key(es), synced_resource_version(es));
