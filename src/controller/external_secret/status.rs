@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 
 use super::{Cleanup, key, synced_resource_version};
 use crate::api::{
-    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, READY, SecretBinding,
+    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, SecretBinding,
     ready_condition, set_condition,
 };
 use crate::controller::{Context, apply_status, publish};
@@ -100,7 +100,7 @@ pub(super) async fn record_gone(
         ready_condition(false, reason, message, es.metadata.generation),
     );
     status.synced_versions.clear();
-    if !same_condition(&old, &status) || old.synced_versions != status.synced_versions {
+    if status != old {
         status.refresh_time = Some(Time(Timestamp::now()));
         patch_status(ctx, es, namespace, &status).await?;
     }
@@ -117,24 +117,6 @@ pub(super) async fn record_gone(
         publish(ctx, es, EventType::Normal, "Sync", "Deleted", note).await;
     }
     Ok(())
-}
-
-fn same_condition(old: &ExternalSecretStatus, new: &ExternalSecretStatus) -> bool {
-    let ready = |status: &ExternalSecretStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .map(|c| {
-                (
-                    c.status.clone(),
-                    c.reason.clone(),
-                    c.message.clone(),
-                    c.observed_generation,
-                )
-            })
-    };
-    ready(old) == ready(new)
 }
 
 /// Sets Ready=False and emits a warning event, once per distinct failure: a repeated error writes nothing.
@@ -156,11 +138,11 @@ pub(super) async fn record_failure(
         ready_condition(
             false,
             err.condition_reason(),
-            message,
+            message.clone(),
             es.metadata.generation,
         ),
     );
-    if same_condition(&old, &status) {
+    if status == old {
         return Ok(());
     }
     patch_status(ctx, es, namespace, &status).await?;
@@ -170,7 +152,7 @@ pub(super) async fn record_failure(
         EventType::Warning,
         "Sync",
         err.event_reason(),
-        format!("{}: {err}", err.reason()),
+        message,
     )
     .await;
     Ok(())
