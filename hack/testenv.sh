@@ -131,7 +131,9 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "testenv=http://127.0.0.1:$peer_port"
-  start moto env INITIAL_NO_AUTH_ACTION_COUNT=1000000 MOTO_RECORDER_FILEPATH="$STATE/moto_recording" "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port"
+  # Every request is recorded from the start, so that tests can count the calls they caused.
+  start moto env INITIAL_NO_AUTH_ACTION_COUNT=1000000 MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$STATE/moto_recording" \
+    "$venv/bin/python" "$ROOT/hack/moto-server.py" -H 127.0.0.1 -p "$moto_port"
   wait_for etcd 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
 
   start kube-apiserver "$assets/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
@@ -164,6 +166,7 @@ export AWS_ACCESS_KEY_ID=${keys% *}
 export AWS_SECRET_ACCESS_KEY=${keys#* }
 export AWS_EC2_METADATA_DISABLED=true
 export SECRETSYNC_TESTENV=$STATE
+export MOTO_RECORDING=$STATE/moto_recording
 EOF
   wait_for "default ServiceAccount" 60 kube-controller-manager kubectl --kubeconfig "$STATE/kubeconfig" get serviceaccount default -n default
   echo started

@@ -16,6 +16,7 @@ use crate::controller::{self, Context};
 use crate::data_hash::DataHasher;
 use crate::metrics::Metrics;
 use crate::server;
+use crate::store::Stores;
 use crate::telemetry::{self, LogFormat};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -141,9 +142,10 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     )
     .await?;
     let aws = aws_config::load_from_env().await;
+    let stores = Stores::new(client.clone(), aws, metrics.clone());
     let ctx = Arc::new(Context::new(
         client,
-        aws,
+        stores,
         hasher,
         metrics,
         args.store_refresh_interval,

@@ -13,6 +13,11 @@ pub enum Error {
         namespace: Option<String>,
     },
 
+    #[error(
+        "ClusterSecretStore {store:?} may not be used from namespace {namespace:?}: no entry of its conditions matches"
+    )]
+    StoreNotAllowed { store: String, namespace: String },
+
     #[error("invalid store configuration: {0}")]
     InvalidStoreConfig(String),
 
@@ -25,6 +30,24 @@ pub enum Error {
         name: String,
         problem: String,
     },
+
+    #[error("ServiceAccount {namespace}/{name} not found")]
+    ServiceAccountNotFound { namespace: String, name: String },
+
+    #[error(
+        "ServiceAccount {namespace}/{name} has no eks.amazonaws.com/role-arn annotation naming the role to assume"
+    )]
+    MissingRoleAnnotation { namespace: String, name: String },
+
+    #[error("token for ServiceAccount {namespace}/{name}: {detail}")]
+    ServiceAccountToken {
+        namespace: String,
+        name: String,
+        detail: String,
+    },
+
+    #[error("STS refused the web identity token: {0}")]
+    InvalidIdentityToken(String),
 
     #[error("AWS rejected the credentials: {0}")]
     InvalidCredentials(String),
@@ -105,9 +128,14 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::StoreNotFound { .. } => "StoreNotFound",
+            Error::StoreNotAllowed { .. } => "StoreNotAllowed",
             Error::InvalidStoreConfig(_) => "InvalidStoreConfig",
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::CredentialsSecret { .. } => "CredentialsSecretError",
+            Error::ServiceAccountNotFound { .. } => "ServiceAccountNotFound",
+            Error::MissingRoleAnnotation { .. } => "MissingRoleAnnotation",
+            Error::ServiceAccountToken { .. } => "ServiceAccountTokenError",
+            Error::InvalidIdentityToken(_) => "InvalidIdentityToken",
             Error::InvalidCredentials(_) => "InvalidCredentials",
             Error::AccessDenied { .. } => "AccessDenied",
             Error::RemoteKeyNotFound { .. } => "RemoteKeyNotFound",
@@ -159,6 +187,7 @@ impl Error {
         matches!(
             self,
             Error::InvalidCredentials(_)
+                | Error::InvalidIdentityToken(_)
                 | Error::AccessDenied { .. }
                 | Error::RemoteKeyNotFound { .. }
                 | Error::Provider { .. }

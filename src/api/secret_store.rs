@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ pub struct SecretStoreSpec {
     pub refresh_interval: Option<u32>,
 }
 
-/// The same as a SecretStore, usable from any namespace.
+/// The same as a SecretStore, usable from any namespace its `conditions` allow.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug)]
 #[kube(
     group = "secretsync.io",
@@ -42,6 +42,24 @@ pub struct SecretStoreSpec {
 pub struct ClusterSecretStoreSpec {
     #[serde(flatten)]
     pub store: SecretStoreSpec,
+    /// When set, only namespaces matching at least one condition may use the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ClusterSecretStoreCondition>,
+}
+
+/// A namespace matches when its labels match `namespaceSelector`, or it is listed in `namespaces`, or its
+/// name matches one of `namespaceRegexes` (unanchored, as in ESO: anchor with `^...$`).
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.namespaceSelector) || has(self.namespaces) || has(self.namespaceRegexes)")
+    .message("a condition needs namespaceSelector, namespaces or namespaceRegexes"))]
+pub struct ClusterSecretStoreCondition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_regexes: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
@@ -72,6 +90,10 @@ pub struct FakeProviderData {
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sessionTags) || self.sessionTags.all(t, !t.key.lowerAscii().startsWith('secretsync-'))")
+    .message("session tag keys starting with secretsync- are set by the operator"))]
+#[x_kube(validation = Rule::new("has(self.role) || (!has(self.externalID) && !has(self.sessionTags) && !has(self.transitiveTagKeys))")
+    .message("externalID, sessionTags and transitiveTagKeys apply to role: set role"))]
 pub struct AwsProvider {
     pub service: AwsService,
     /// Required unless the operator's environment provides one (`AWS_REGION`).
@@ -83,6 +105,36 @@ pub struct AwsProvider {
     /// Without it, the operator's own credentials (SDK default chain: IRSA, EKS Pod Identity, env, profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AwsAuth>,
+    /// Assumed last, after `additionalRoles`, with `externalID` and the session tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:[^:]+:iam::[0-9]{12}:role/.+$"))]
+    pub role: Option<String>,
+    /// Roles assumed in order before `role`, each with the credentials of the one before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = r"^arn:[^:]+:iam::[0-9]{12}:role/.+$")))]
+    pub additional_roles: Vec<String>,
+    #[serde(
+        rename = "externalID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
+    /// Tags on the `role` session. The operator adds `secretsync-namespace` and `secretsync-store` itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 48))]
+    pub session_tags: Vec<SessionTag>,
+    /// Keys of `sessionTags` that pass on to roles assumed from the `role` session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitive_tag_keys: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+pub struct SessionTag {
+    #[schemars(length(min = 1, max = 128))]
+    pub key: String,
+    #[schemars(length(max = 256))]
+    pub value: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -92,10 +144,32 @@ pub enum AwsService {
 
 #[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.secretRef)").message("auth needs secretRef"))]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.jwt)").message("set exactly one of auth.secretRef and auth.jwt"))]
 pub struct AwsAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<AwsAuthSecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<AwsJwtAuth>,
+}
+
+/// Web identity: a token of a Kubernetes ServiceAccount, exchanged with STS for its IAM role.
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsJwtAuth {
+    pub service_account_ref: ServiceAccountSelector,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, KubeSchema)]
+pub struct ServiceAccountSelector {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Only on a ClusterSecretStore; without it the ExternalSecret's namespace is used. A SecretStore may
+    /// only name a ServiceAccount in its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Audiences of the token; default `sts.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
 }
 
 /// Static credentials read from Kubernetes Secrets.

@@ -3,13 +3,11 @@
 mod backoff;
 mod external_secret;
 mod secret_store;
-mod stores;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::SdkConfig;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -19,6 +17,7 @@ use serde::Serialize;
 use crate::data_hash::DataHasher;
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::store::Stores;
 use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
 
@@ -32,8 +31,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// The operator's own AWS configuration, loaded once; per-store clients are derived from it.
-    pub aws: SdkConfig,
+    /// Stores and the AWS identities they resolve to, cached across reconciles.
+    pub stores: Stores,
     pub hasher: DataHasher,
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
@@ -46,7 +45,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        aws: SdkConfig,
+        stores: Stores,
         hasher: DataHasher,
         metrics: Arc<Metrics>,
         store_refresh: Duration,
@@ -59,7 +58,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            aws,
+            stores,
             hasher,
             backoff: Backoff::default(),
             store_refresh,

@@ -15,7 +15,6 @@ use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::stores::{self, StoreScope};
 use super::{Context, apply_status, publish};
 use crate::api::{
     ClusterSecretStore, READY, SecretStore, SecretStoreSpec, SecretStoreStatus, StoreKind,
@@ -23,6 +22,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::provider::SecretProvider;
+use crate::store::{self, StoreScope};
 
 trait StoreObject:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
@@ -99,8 +99,10 @@ async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>) {
 async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let namespace = store.namespace();
+    let name = store.name_any();
     let scope = StoreScope {
         kind: K::KIND,
+        name: &name,
         store_namespace: namespace.as_deref(),
         requester_namespace: None,
     };
@@ -147,19 +149,22 @@ fn key<K: StoreObject>(store: &K) -> String {
 /// A configuration mistake is `InvalidProviderConfig`; anything the provider said is `ValidationFailed`.
 fn store_reason(err: &Error) -> &'static str {
     match err {
-        Error::InvalidStoreConfig(_) | Error::CredentialsSecret { .. } => "InvalidProviderConfig",
+        Error::InvalidStoreConfig(_)
+        | Error::CredentialsSecret { .. }
+        | Error::ServiceAccountNotFound { .. }
+        | Error::MissingRoleAnnotation { .. } => "InvalidProviderConfig",
         _ => "ValidationFailed",
     }
 }
 
 async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
-    if stores::is_referent(spec, scope.kind) {
+    if store::is_referent(spec, scope.kind) {
         return Ok(
             "credentials come from each ExternalSecret's namespace and are checked when it syncs"
                 .into(),
         );
     }
-    let identity = stores::provider(ctx, spec, scope).await?.validate().await?;
+    let identity = ctx.stores.provider(spec, scope).await?.validate().await?;
     Ok(format!("credentials valid for {identity}"))
 }
 

@@ -18,7 +18,6 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
-use super::stores::{self, StoreScope};
 use super::{Context, LastSync};
 use crate::api::{
     ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, RefreshPolicy, SecretStore,
@@ -26,6 +25,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::fetch::{self, Outcome};
+use crate::store::StoreScope;
 use crate::target::{self, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
 
@@ -236,14 +236,16 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         return Ok(Synced::UpToDate(wait));
     }
 
-    let kind = es.spec.secret_store_ref.kind;
-    let spec = stores::store_spec(ctx, es, namespace).await?;
+    let store = &es.spec.secret_store_ref;
+    let spec = ctx.stores.for_external_secret(es, namespace).await?;
+    let kind = store.kind;
     let scope = StoreScope {
         kind,
+        name: &store.name,
         store_namespace: (kind == StoreKind::SecretStore).then_some(namespace),
         requester_namespace: Some(namespace),
     };
-    let provider = stores::provider(ctx, &spec, &scope).await?;
+    let provider = ctx.stores.provider(&spec, &scope).await?;
     let fetched = match fetch::fetch(&es.spec, &provider).await? {
         Outcome::Fetched(fetched) => fetched,
         Outcome::Gone(error) => {
