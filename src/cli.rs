@@ -1,4 +1,5 @@
-//! Command line: `secretsync run` (the operator), `secretsync crds` and `secretsync convert`.
+//! Command line: `secretsync run` (the operator), `secretsync check`, `secretsync crds` and
+//! `secretsync convert`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::api::{self, ExternalSecret};
+use crate::check::{self, CheckArgs};
 use crate::controller::{self, Context};
 use crate::data_hash::DataHasher;
 use crate::metrics::Metrics;
@@ -40,6 +42,15 @@ pub enum Command {
     Crds,
     /// Rewrite External Secrets Operator manifests as secretsync ones (YAML on stdout). What could not be
     /// converted is listed on stderr, and the exit status is then 3.
+    /// Resolve a store's credentials as the operator would, and report the identity, the region and
+    /// whether a key can be read. Exit status 1 when something failed.
+    Check {
+        #[command(flatten)]
+        args: CheckArgs,
+        /// Kubeconfig to use; without it, in-cluster configuration or $KUBECONFIG.
+        #[arg(long, env = "SECRETSYNC_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+    },
     Convert {
         /// A YAML file of one or more documents; `-` (the default) reads standard input.
         #[arg(default_value = "-")]
@@ -102,6 +113,13 @@ pub async fn execute(cli: Cli) -> Result<(), BoxError> {
         }
         Command::Convert { file } => convert(&file),
         Command::Run(args) => run(args).await,
+        Command::Check { args, kubeconfig } => {
+            let client = kube_client(kubeconfig.as_deref()).await?;
+            if !check::check(client, args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! and `telemetry` are what operators watch it with.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod data_hash;

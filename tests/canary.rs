@@ -105,3 +105,92 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
         );
     }
 }
+
+const CANARY_SECRET_KEY: &str = "canarysecretkey0c5e1d7a9b3f2e4d6c8a0b1c";
+const CANARY_SESSION_TOKEN: &str = "canary-session-token-3f9d2b7e-do-not-log";
+
+/// Credentials planted in a Secret never reach the operator's logs (at trace level), events or status, when
+/// AWS refuses them or accepts them.
+#[tokio::test]
+async fn canary_credentials_never_appear_in_logs_events_or_status() {
+    let t = TestContext::new("canary-keys").await;
+    let key = t.create_remote("db", "v1").await;
+    let (id, secret) = t.create_user("keys", &["read-policy.json"]).await;
+    for (name, secret_key, token) in [
+        ("good", secret.as_str(), None),
+        ("wrong-key", CANARY_SECRET_KEY, None),
+        ("wrong-token", CANARY_SECRET_KEY, Some(CANARY_SESSION_TOKEN)),
+    ] {
+        let keys = format!("{name}-keys");
+        let mut data = serde_json::json!({"id": id, "secret": secret_key});
+        let mut auth = serde_json::json!({
+            "accessKeyIDSecretRef": {"name": keys, "key": "id"},
+            "secretAccessKeySecretRef": {"name": keys, "key": "secret"},
+        });
+        if let Some(token) = token {
+            data["token"] = token.into();
+            auth["sessionTokenSecretRef"] = serde_json::json!({"name": keys, "key": "token"});
+        }
+        t.apply_yaml(
+            &serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                                "metadata": {"name": keys}, "stringData": data})
+            .to_string(),
+        )
+        .await;
+        t.apply_yaml(
+            &serde_json::json!({
+                "apiVersion": "secretsync.io/v1alpha1", "kind": "SecretStore",
+                "metadata": {"name": name},
+                "spec": {"provider": {"aws": {"service": "SecretsManager", "region": "us-east-1",
+                                              "auth": {"secretRef": auth}}}},
+            })
+            .to_string(),
+        )
+        .await;
+        t.apply_yaml(
+            &serde_json::json!({
+                "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+                "metadata": {"name": name},
+                "spec": {"secretStoreRef": {"name": name},
+                         "data": [{"secretKey": "value", "remoteRef": {"key": key}}]},
+            })
+            .to_string(),
+        )
+        .await;
+    }
+    let operator = Operator::start(&t.namespace, &[("RUST_LOG", "trace")]);
+    wait_for("the good keys to sync", TIMEOUT, || async {
+        t.secret_data("good").await.ok_or("absent").map(|_| ())
+    })
+    .await;
+    for name in ["wrong-key", "wrong-token"] {
+        let (_, _, message) = wait_for(&format!("{name} to fail"), TIMEOUT, || async {
+            t.es_ready(name)
+                .await
+                .filter(|c| c.0 == "False")
+                .ok_or("no failure yet")
+        })
+        .await;
+        assert!(
+            message.starts_with("InvalidCredentials: "),
+            "{name}: {message}"
+        );
+    }
+
+    let stores: kube::Api<secretsync::api::SecretStore> =
+        kube::Api::namespaced(t.client.clone(), &t.namespace);
+    let mut reported = operator.log();
+    for name in ["good", "wrong-key", "wrong-token"] {
+        reported += &format!("{:?}", t.events_for(name).await);
+        let es = t.external_secrets().get(name).await.unwrap();
+        reported += &serde_json::to_string(&es.status).unwrap();
+        reported += &serde_json::to_string(&stores.get(name).await.unwrap().status).unwrap();
+    }
+    for canary in [CANARY_SECRET_KEY, CANARY_SESSION_TOKEN, secret.as_str()] {
+        assert!(
+            !reported.contains(canary),
+            "a credential ({canary}) reached the log, events or status ({})",
+            operator.log_path.display()
+        );
+    }
+}

@@ -104,7 +104,12 @@ impl Stores {
         }
     }
 
-    async fn check_conditions(&self, store: &ClusterSecretStore, namespace: &str) -> Result<()> {
+    /// Refuses a namespace that the store's `conditions` keep out.
+    pub async fn check_conditions(
+        &self,
+        store: &ClusterSecretStore,
+        namespace: &str,
+    ) -> Result<()> {
         let conditions = &store.spec.conditions;
         let labels = if namespaces::needs_labels(conditions) {
             Api::<Namespace>::all(self.client.clone())

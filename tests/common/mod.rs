@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::primitives::Blob;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -294,6 +296,215 @@ impl TestContext {
     pub fn start_operator(&self) -> Operator {
         Operator::start(&self.namespace, &[])
     }
+
+    /// An IAM role named after this test, trusting and allowing what the documented policies in `docs/iam/`
+    /// say, so that the documentation is what the tests prove: the operator (the stack's admin user) may
+    /// assume it for this test's namespace. Returns its ARN.
+    pub async fn create_role(&self, name: &str, trust: &str, policies: &[&str]) -> String {
+        self.create_role_with(name, trust, policies, ADMIN_ARN, &[&self.namespace])
+            .await
+    }
+
+    /// A documented role that `principal` may assume on behalf of `tenants` (namespaces).
+    pub async fn create_role_with(
+        &self,
+        name: &str,
+        trust: &str,
+        policies: &[&str],
+        principal: &str,
+        tenants: &[&str],
+    ) -> String {
+        let iam = iam().await;
+        let role_name = self.role_name(name);
+        let trust = documented_policy(trust, &self.namespace)
+            .replace(OPERATOR_ROLE_PLACEHOLDER, principal)
+            .replace("\"team-a\"", &json!(tenants).to_string());
+        let role = iam
+            .create_role()
+            .role_name(&role_name)
+            .assume_role_policy_document(trust)
+            .send()
+            .await
+            .expect("CreateRole");
+        for policy in policies {
+            iam.put_role_policy()
+                .role_name(&role_name)
+                .policy_name(policy.trim_end_matches(".json"))
+                .policy_document(documented_policy(policy, &self.namespace))
+                .send()
+                .await
+                .expect("PutRolePolicy");
+        }
+        role.role.expect("role").arn
+    }
+
+    /// The IAM name of this test's role `name`; documented policies let the operator assume `secretsync-*`.
+    pub fn role_name(&self, name: &str) -> String {
+        format!("secretsync-{}-{name}", self.namespace)
+    }
+
+    /// An IAM user with the documented `policies` and an access key: (access key id, secret access key).
+    pub async fn create_user(&self, name: &str, policies: &[&str]) -> (String, String) {
+        let iam = iam().await;
+        let user_name = format!("{}-{name}", self.namespace);
+        iam.create_user()
+            .user_name(&user_name)
+            .send()
+            .await
+            .expect("CreateUser");
+        for policy in policies {
+            iam.put_user_policy()
+                .user_name(&user_name)
+                .policy_name(policy.trim_end_matches(".json"))
+                .policy_document(documented_policy(policy, &self.namespace))
+                .send()
+                .await
+                .expect("PutUserPolicy");
+        }
+        let key = iam
+            .create_access_key()
+            .user_name(&user_name)
+            .send()
+            .await
+            .expect("CreateAccessKey")
+            .access_key
+            .expect("access key");
+        (key.access_key_id, key.secret_access_key)
+    }
+
+    /// A ServiceAccount in this test's namespace, with the IRSA role annotation when `role_arn` is given.
+    pub async fn create_service_account(&self, name: &str, role_arn: Option<&str>) {
+        let annotations = role_arn.map(|arn| json!({"eks.amazonaws.com/role-arn": arn}));
+        self.apply_yaml(
+            &json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": name, "annotations": annotations},
+            })
+            .to_string(),
+        )
+        .await
+    }
+
+    /// A token of a ServiceAccount for STS, as the kubelet projects one for IRSA.
+    pub async fn service_account_token(&self, name: &str) -> String {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec!["sts.amazonaws.com".into()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("token")
+            .token
+    }
+}
+
+/// AWS IAM with the test stack's admin keys.
+pub async fn iam() -> aws_sdk_iam::Client {
+    aws_sdk_iam::Client::new(&aws_config().await)
+}
+
+/// A policy document from `docs/iam/` for `namespace`'s secrets (the docs' `team-a/`), in the test stack's
+/// account and region. Compact: moto checks signatures of form bodies after re-encoding them, and the
+/// Rust SDK's encoding of spaces differs from Python's.
+pub fn documented_policy(file: &str, namespace: &str) -> String {
+    let path = Path::new(MANIFEST_DIR).join("docs/iam").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .replace("OPERATOR_ACCOUNT_ID", MOTO_ACCOUNT)
+        .replace("ACCOUNT_ID", MOTO_ACCOUNT)
+        .replace("REGION", "us-east-1")
+        .replace("EXTERNAL_ID", EXTERNAL_ID)
+        .replace("team-a/", &format!("{namespace}/"));
+    let document: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    document.to_string()
+}
+
+/// moto's default account, where every test resource lives.
+pub const MOTO_ACCOUNT: &str = "123456789012";
+/// The identity the operator runs with in tests (the stack's admin user).
+pub const ADMIN_ARN: &str = "arn:aws:iam::123456789012:user/secretsync-testenv-admin";
+/// The operator role the documented trust policies name.
+const OPERATOR_ROLE_PLACEHOLDER: &str = "arn:aws:iam::123456789012:role/secretsync-operator";
+/// The externalID the documented cross-account trust policy expects, in tests.
+pub const EXTERNAL_ID: &str = "ext-4711";
+
+/// One request moto recorded.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// `GetSecretValue`, `AssumeRole`, ...
+    pub action: String,
+    /// The access key that signed it; none for unsigned calls.
+    pub access_key: Option<String>,
+    /// Form parameters (query protocol) or top-level string fields (JSON protocol).
+    pub params: HashMap<String, String>,
+}
+
+/// Every AWS request moto has answered since the stack started (the stack records from the start).
+pub fn recorded_calls() -> Vec<Call> {
+    let path = &env_vars()["MOTO_RECORDING"];
+    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|entry| {
+            let headers = &entry["headers"];
+            let raw = entry["body"].as_str().unwrap_or_default();
+            let body = if entry["body_encoded"].as_bool() == Some(true) {
+                base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .unwrap_or_default()
+            } else {
+                raw.as_bytes().to_vec()
+            };
+            let mut params: HashMap<String, String> = match serde_json::from_slice(&body) {
+                Ok(serde_json::Value::Object(fields)) => fields
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                    .collect(),
+                _ => form_urlencoded::parse(&body).into_owned().collect(),
+            };
+            let action = match headers["X-Amz-Target"].as_str() {
+                Some(target) => target.rsplit('.').next()?.to_string(),
+                None => params.remove("Action")?,
+            };
+            let access_key = headers["Authorization"]
+                .as_str()
+                .and_then(|auth| auth.split("Credential=").nth(1))
+                .and_then(|credential| credential.split('/').next())
+                .map(str::to_string);
+            Some(Call {
+                action,
+                access_key,
+                params,
+            })
+        })
+        .collect()
+}
+
+/// The access keys of the sessions moto issued for a role.
+pub async fn session_keys(role_arn: &str) -> Vec<String> {
+    let url = format!("{}/moto-api/data.json", env_vars()["MOTO_URL"]);
+    let output = tokio::process::Command::new("curl")
+        .args(["-sf", &url])
+        .output()
+        .await
+        .expect("curl is required");
+    let data: serde_json::Value = serde_json::from_slice(&output.stdout).expect("moto state");
+    data["sts"]["AssumedRole"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|session| session["role_arn"] == role_arn)
+        .filter_map(|session| Some(session["access_key_id"].as_str()?.to_string()))
+        .collect()
 }
 
 impl Drop for TestContext {
@@ -317,6 +528,12 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(namespace, extra_env, &[])
+    }
+
+    /// Like `start`, leaving out the test stack's variables named in `unset` (e.g. the admin keys, so that
+    /// the operator has to find its own identity).
+    pub fn start_with(namespace: &str, extra_env: &[(&str, &str)], unset: &[&str]) -> Self {
         let vars = env_vars();
         let log_dir = Path::new(MANIFEST_DIR).join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log directory");
@@ -344,10 +561,9 @@ impl Operator {
             ])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(
-                vars.iter()
-                    .filter(|(k, _)| k.starts_with("AWS_") || *k == "KUBECONFIG"),
-            )
+            .envs(vars.iter().filter(|(k, _)| {
+                (k.starts_with("AWS_") || *k == "KUBECONFIG") && !unset.contains(&k.as_str())
+            }))
             .envs(extra_env.iter().copied())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);

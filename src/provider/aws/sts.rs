@@ -123,3 +123,70 @@ fn session_credentials(
         "secretsync-sts",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_config::{BehaviorVersion, Region};
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_smithy_http_client::test_util::infallible_client_fn;
+
+    use super::*;
+
+    /// STS answering every request with this status and error code, as a real endpoint would.
+    fn sts_refusing(status: u16, code: &'static str) -> SdkConfig {
+        let http = infallible_client_fn(move |_request| {
+            http::Response::builder()
+                .status(status)
+                .body(format!(
+                    "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>\
+                     <Message>refused by the test</Message></Error><RequestId>1</RequestId></ErrorResponse>"
+                ))
+                .unwrap()
+        });
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .http_client(http)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            )))
+            .build()
+    }
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/app";
+    const TOKEN: &str = "eyJhbGciOi.canary-token-payload.signature";
+
+    #[tokio::test]
+    async fn refused_and_expired_tokens_are_their_own_class() {
+        for code in ["InvalidIdentityToken", "ExpiredTokenException"] {
+            let config = sts_refusing(400, code);
+            let err = assume_role_with_web_identity(&config, ROLE, "s", TOKEN, &Metrics::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason(), "InvalidIdentityToken", "{code}: {err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(ROLE) && message.contains(code),
+                "{message}"
+            );
+            assert!(!message.contains("canary-token"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denied_role_names_the_role() {
+        let config = sts_refusing(403, "AccessDenied");
+        let request = RoleRequest {
+            role_arn: ROLE.into(),
+            session_name: "s".into(),
+            external_id: None,
+            tags: Vec::new(),
+            transitive_tag_keys: Vec::new(),
+        };
+        let err = assume_role(&config, &request, &Metrics::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "AccessDenied");
+        assert!(err.to_string().contains(ROLE), "{err}");
+    }
+}
