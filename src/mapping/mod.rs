@@ -105,8 +105,28 @@ fn parse_json(remote: &RemoteSecret, key: &str, property: Option<&str>) -> Resul
 fn json_text(value: &Value) -> Vec<u8> {
     match value {
         Value::String(s) => s.as_bytes().to_vec(),
-        other => other.to_string().into_bytes(),
+        other => sorted_json(other).into_bytes(),
     }
+}
+
+/// Compact JSON with object keys sorted, as ESO (Go's encoding/json) writes it. Written out here because
+/// whether `serde_json` keeps insertion order depends on features other crates turn on.
+pub fn sorted_json(value: &Value) -> String {
+    struct Sorted<'a>(&'a Value);
+    impl serde::Serialize for Sorted<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                Value::Object(object) => {
+                    let sorted: BTreeMap<_, _> =
+                        object.iter().map(|(k, v)| (k, Sorted(v))).collect();
+                    serializer.collect_map(sorted)
+                }
+                Value::Array(items) => serializer.collect_seq(items.iter().map(Sorted)),
+                other => other.serialize(serializer),
+            }
+        }
+    }
+    serde_json::to_string(&Sorted(value)).expect("JSON values always serialize")
 }
 
 /// The value at a property path. A top-level key that itself contains dots is tried literally first;
@@ -163,6 +183,16 @@ pub fn decode(bytes: Vec<u8>, strategy: DecodingStrategy) -> Result<Vec<u8>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_json_is_written_with_sorted_keys() {
+        let value: Value =
+            serde_json::from_str(r#"{"z":1,"a":[{"y":true,"b":null}],"m":"s"}"#).unwrap();
+        assert_eq!(
+            sorted_json(&value),
+            r#"{"a":[{"b":null,"y":true}],"m":"s","z":1}"#
+        );
+    }
     use serde_json::json;
 
     fn text(value: &str) -> RemoteSecret {

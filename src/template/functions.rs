@@ -67,9 +67,8 @@ fn from_json(text: &str) -> Result<Value, Error> {
         .map_err(|_| invalid("fromJson: the input is not JSON"))
 }
 
-fn to_json(value: Serde<serde_json::Value>) -> Result<String, Error> {
-    serde_json::to_string(&value.0)
-        .map_err(|_| invalid("toJson: the value cannot be written as JSON"))
+fn to_json(value: Serde<serde_json::Value>) -> String {
+    crate::mapping::sorted_json(&value.0)
 }
 
 fn from_yaml(text: &str) -> Result<Value, Error> {
