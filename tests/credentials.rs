@@ -626,6 +626,23 @@ async fn cluster_store_conditions_and_tenant_sessions() {
     assert!(message.contains(&c.namespace), "{message}");
     assert!(c.secret_data("app").await.is_none());
 
+    // Its sessions are per namespace, so the store-level check does not assume the role on its own.
+    let stores: kube::Api<secretsync::api::ClusterSecretStore> = kube::Api::all(a.client.clone());
+    wait_for("the cluster store's Ready condition", TIMEOUT, || async {
+        let status = stores
+            .get(&store_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .status;
+        let ready = status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .ok_or("no condition")?;
+        (ready.status == "True" && ready.message.contains("checked when it syncs"))
+            .then_some(())
+            .ok_or(format!("{ready:?}"))
+    })
+    .await;
+
     // One session per tenant namespace, each tagged with the namespace that asked.
     let sessions = calls("AssumeRole", "RoleArn", &reader);
     let mut per_namespace: HashMap<String, usize> = HashMap::new();

@@ -158,9 +158,9 @@ fn store_reason(err: &Error) -> &'static str {
 }
 
 async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
-    if store::is_referent(spec, scope.kind) {
+    if store::depends_on_requester(spec, scope.kind) {
         return Ok(
-            "credentials come from each ExternalSecret's namespace and are checked when it syncs"
+            "the identity depends on each ExternalSecret's namespace (referent credentials or tagged role sessions) and is checked when it syncs"
                 .into(),
         );
     }

@@ -332,11 +332,16 @@ impl Stores {
     }
 }
 
-/// A ClusterSecretStore whose credentials name no namespace reads them from the namespace of each
-/// ExternalSecret that uses it ("referent" authentication), so it cannot be checked on its own.
-pub fn is_referent(spec: &SecretStoreSpec, kind: StoreKind) -> bool {
-    let Some(auth) = spec.provider.aws.as_ref().and_then(|aws| aws.auth.as_ref()) else {
+/// Whether a ClusterSecretStore's identity depends on the namespace using it, so that it cannot be checked
+/// on its own: its credentials name no namespace and come from each ExternalSecret's ("referent"
+/// authentication), or it assumes roles, whose sessions carry the asking namespace's tag.
+pub fn depends_on_requester(spec: &SecretStoreSpec, kind: StoreKind) -> bool {
+    let Some(aws) = spec.provider.aws.as_ref() else {
         return false;
+    };
+    let assumes_roles = aws.role.is_some() || !aws.additional_roles.is_empty();
+    let Some(auth) = aws.auth.as_ref() else {
+        return kind == StoreKind::ClusterSecretStore && assumes_roles;
     };
     let secret_ref_referent = auth
         .secret_ref
@@ -346,7 +351,7 @@ pub fn is_referent(spec: &SecretStoreSpec, kind: StoreKind) -> bool {
         .jwt
         .as_ref()
         .is_some_and(|jwt| jwt.service_account_ref.namespace.is_none());
-    kind == StoreKind::ClusterSecretStore && (secret_ref_referent || jwt_referent)
+    kind == StoreKind::ClusterSecretStore && (secret_ref_referent || jwt_referent || assumes_roles)
 }
 
 fn selectors(secret_ref: &AwsAuthSecretRef) -> impl Iterator<Item = &SecretKeySelector> {
@@ -483,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn referent_only_when_a_cluster_store_leaves_a_namespace_out() {
+    fn a_cluster_store_depends_on_the_requester_when_it_leaves_a_namespace_out_or_assumes_roles() {
         let keys = |namespace: Option<&str>| {
             aws(serde_json::json!({
                 "service": "SecretsManager",
@@ -500,12 +505,17 @@ mod tests {
             }))
         };
         for spec in [keys(None), jwt(None)] {
-            assert!(is_referent(&spec, StoreKind::ClusterSecretStore));
-            assert!(!is_referent(&spec, StoreKind::SecretStore));
+            assert!(depends_on_requester(&spec, StoreKind::ClusterSecretStore));
+            assert!(!depends_on_requester(&spec, StoreKind::SecretStore));
         }
         for spec in [keys(Some("ops")), jwt(Some("ops"))] {
-            assert!(!is_referent(&spec, StoreKind::ClusterSecretStore));
+            assert!(!depends_on_requester(&spec, StoreKind::ClusterSecretStore));
         }
+        let role = aws(serde_json::json!({
+            "service": "SecretsManager", "role": "arn:aws:iam::123456789012:role/r",
+        }));
+        assert!(depends_on_requester(&role, StoreKind::ClusterSecretStore));
+        assert!(!depends_on_requester(&role, StoreKind::SecretStore));
     }
 
     #[test]
