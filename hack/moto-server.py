@@ -6,7 +6,10 @@ enforcement behave like AWS where our tests depend on it:
 - Session tags of an AssumeRole request are condition values (`aws:RequestTag/<key>`), so that a trust
   policy can require the tags the operator sets.
 - Secrets Manager requests name their secret as the resource, so that ARN-scoped policies are checked;
-  moto checks them against "*" otherwise."""
+  moto checks them against "*" otherwise.
+- BatchGetSecretValue also needs GetSecretValue on every secret it names, as on AWS. AWS answers a denied
+  secret with a per-secret error; here the whole call is denied, which the operator handles the same way
+  (it reads those secrets one by one)."""
 
 import json
 import sys
@@ -22,9 +25,19 @@ _condition_values = access_control.format_incoming_conditional_values
 
 
 def _authenticate_signed_actions(self, iam_request_cls, resource="*"):
-    if self._get_action() in UNSIGNED_ACTIONS:
+    action = self._get_action()
+    if action in UNSIGNED_ACTIONS:
         return None
-    return _authenticate(self, iam_request_cls, resource)
+    _authenticate(self, iam_request_cls, resource)
+    if action == "BatchGetSecretValue":
+        ids = json.loads(self.body or "{}").get("SecretIdList") or []
+        self._get_action = lambda: "GetSecretValue"
+        try:
+            for secret_id in ids:
+                _authenticate(self, iam_request_cls, _secret_arn(self, secret_id))
+        finally:
+            del self._get_action
+    return None
 
 
 def _condition_values_with_request_tags(data):
@@ -43,6 +56,10 @@ def _secret_as_resource(self):
         secret_id = None
     if not secret_id:
         return "*"
+    return _secret_arn(self, secret_id)
+
+
+def _secret_arn(self, secret_id):
     if secret_id.startswith("arn:"):
         return secret_id
     return f"arn:aws:secretsmanager:{self.region}:{self.current_account}:secret:{secret_id}"

@@ -10,11 +10,13 @@ use crate::error::{Error, Result};
 use crate::mapping::{self, keys};
 use crate::provider::{RemoteSecret, RemoteValue, SecretProvider, Version};
 
-/// The data read, and the VersionId of each remote secret read (key, or `key@version` for a pinned one).
+/// The data read, the VersionId of each remote secret read (key, or `key@version` for a pinned one), and
+/// the remote secrets themselves for the version watches.
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub data: BTreeMap<String, Vec<u8>>,
     pub versions: BTreeMap<String, String>,
+    pub reads: Vec<(String, Version, RemoteSecret)>,
 }
 
 pub enum Outcome {
@@ -27,8 +29,11 @@ pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) ->
     let mut reader = Reader {
         provider,
         secrets: HashMap::new(),
+        tags: HashMap::new(),
+        failed: HashMap::new(),
         versions: BTreeMap::new(),
     };
+    reader.read_current(current_keys(spec)).await?;
     let mut data = keys::KeySet::default();
     let mut missing = Vec::new();
     let mut empty_finds = Vec::new();
@@ -65,10 +70,34 @@ pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) ->
     if let Some(err) = missing.into_iter().next() {
         return Err(err);
     }
+    let reads = reader
+        .secrets
+        .into_iter()
+        .filter(|(_, secret)| secret.version_id.is_some())
+        .map(|((key, version), secret)| (key, version, secret))
+        .collect();
     Ok(Outcome::Fetched(Fetched {
         data: data.into_map(),
         versions: reader.versions,
+        reads,
     }))
+}
+
+/// The keys read at their current version without naming one, which one batched read can serve.
+fn current_keys(spec: &ExternalSecretSpec) -> Vec<String> {
+    let references = spec.data.iter().map(|entry| &entry.remote_ref).chain(
+        spec.data_from
+            .iter()
+            .filter_map(|entry| entry.extract.as_ref()),
+    );
+    let mut keys: Vec<String> = references
+        .filter(|r| r.metadata_policy == MetadataPolicy::None)
+        .filter(|r| r.version.as_deref().is_none_or(str::is_empty))
+        .map(|r| r.key.clone())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// Secret keys with their values and where each came from (for collision messages).
@@ -112,25 +141,56 @@ async fn read_data_from<P: SecretProvider>(
 struct Reader<'a, P> {
     provider: &'a P,
     secrets: HashMap<(String, Version), RemoteSecret>,
+    /// Tags as JSON objects, by key (`metadataPolicy: Fetch`).
+    tags: HashMap<String, RemoteSecret>,
+    /// Per-secret failures of a batched read, reported when the key is used.
+    failed: HashMap<String, Error>,
     versions: BTreeMap<String, String>,
 }
 
 impl<P: SecretProvider> Reader<'_, P> {
+    /// Reads the current version of `keys` in batches, ahead of their use.
+    async fn read_current(&mut self, keys: Vec<String>) -> Result<()> {
+        let current = Version::parse(None);
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|key| !self.secrets.contains_key(&(key.clone(), current.clone())))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for (key, result) in self.provider.get_current_batch(&keys).await? {
+            match result {
+                Ok(secret) => {
+                    if let Some(id) = &secret.version_id {
+                        self.versions.insert(key.clone(), id.clone());
+                    }
+                    self.secrets.insert((key, current.clone()), secret);
+                }
+                Err(err) => {
+                    self.failed.insert(key, err);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The remote secret, or its tags as a JSON object for `metadataPolicy: Fetch`.
     async fn read(&mut self, reference: &RemoteRef) -> Result<&RemoteSecret> {
         let version = Version::parse(reference.version.as_deref());
         if reference.metadata_policy == MetadataPolicy::Fetch {
-            let cache_key = (format!("tags:{}", reference.key), version);
-            if !self.secrets.contains_key(&cache_key) {
-                let tags = self.provider.get_tags(&reference.key).await?;
+            let key = &reference.key;
+            if !self.tags.contains_key(key) {
+                let tags = self.provider.get_tags(key).await?;
                 let json = serde_json::to_string(&tags).expect("string maps serialize");
                 let secret = RemoteSecret {
                     version_id: None,
+                    stages: Vec::new(),
                     value: RemoteValue::Text(json),
                 };
-                self.secrets.insert(cache_key.clone(), secret);
+                self.tags.insert(key.clone(), secret);
             }
-            return Ok(&self.secrets[&cache_key]);
+            return Ok(&self.tags[key]);
         }
         self.read_version(&reference.key, version, reference.version.as_deref())
             .await
@@ -144,6 +204,11 @@ impl<P: SecretProvider> Reader<'_, P> {
     ) -> Result<&RemoteSecret> {
         let cache_key = (key.to_string(), version);
         if !self.secrets.contains_key(&cache_key) {
+            if named.is_none()
+                && let Some(err) = self.failed.remove(key)
+            {
+                return Err(err);
+            }
             let secret = self.provider.get_secret(key, &cache_key.1).await?;
             if let Some(id) = &secret.version_id {
                 let synced_key = match named {
@@ -192,11 +257,13 @@ impl<P: SecretProvider> Reader<'_, P> {
             .provider
             .list_names(find.path.as_deref(), &find.tags)
             .await?;
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|name| regexp.as_ref().is_none_or(|r| r.is_match(name)))
+            .collect();
+        self.read_current(names.clone()).await?;
         let mut found = Vec::new();
         for name in names {
-            if regexp.as_ref().is_some_and(|r| !r.is_match(&name)) {
-                continue;
-            }
             let secret = match self.read_version(&name, Version::parse(None), None).await {
                 Ok(secret) => secret,
                 // Deleted between listing and reading: it is simply no longer found.

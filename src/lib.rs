@@ -1,6 +1,6 @@
 //! secretsync: a Kubernetes operator that syncs AWS Secrets Manager values into Secrets.
 //!
-//! `api` holds the CRD types; `controller` the reconcilers; `provider` where values come from; `store` resolves a store's identity; `mapping` and
+//! `api` holds the CRD types; `controller` the reconcilers; `provider` where values come from; `store` resolves a store's identity; `rotation` watches remote versions; `mapping` and
 //! `template` turn values into Secret data; `target` is the one place that writes Secrets; `metrics`, `server`
 //! and `telemetry` are what operators watch it with.
 
@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod mapping;
 pub mod metrics;
 pub mod provider;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod target;

@@ -14,6 +14,10 @@ pub struct Metrics {
     cluster_store_condition: IntGaugeVec,
     provider_calls: IntCounterVec,
     reconcile_duration: HistogramVec,
+    rotations_detected: IntCounterVec,
+    remote_secrets_watched: IntGaugeVec,
+    propagation: HistogramVec,
+    restarts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -47,6 +51,20 @@ impl Default for Metrics {
         registry
             .register(Box::new(reconcile_duration.clone()))
             .expect("unique metric");
+        let propagation = HistogramVec::new(
+            HistogramOpts::new(
+                "secretsync_rotation_propagation_seconds",
+                "Time from a new remote version (noticed by a check, or the AWS event time) to the Secret written or the workload restart triggered",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+            ]),
+            &["since", "until"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(propagation.clone()))
+            .expect("unique metric");
         Metrics {
             sync_calls: counter(
                 "externalsecret_sync_calls_total",
@@ -78,7 +96,23 @@ impl Default for Metrics {
                 "Calls to secret providers by call and outcome",
                 &["provider", "call", "status"],
             ),
+            rotations_detected: counter(
+                "secretsync_rotations_detected_total",
+                "Remote secrets whose watched stages moved to a new version, by check strategy",
+                &["strategy"],
+            ),
+            remote_secrets_watched: gauge(
+                "secretsync_remote_secrets_watched",
+                "Remote secrets whose versions are checked, by check strategy",
+                &["strategy"],
+            ),
+            restarts: counter(
+                "secretsync_workload_restarts_total",
+                "Workload rolling restarts triggered by a Secret change, by kind and outcome",
+                &["kind", "outcome"],
+            ),
             reconcile_duration,
+            propagation,
             registry,
         }
     }
@@ -150,6 +184,30 @@ impl Metrics {
         self.reconcile_duration
             .with_label_values(&[controller])
             .observe(seconds);
+    }
+
+    pub fn rotations_detected(&self, strategy: &str, secrets: u64) {
+        self.rotations_detected
+            .with_label_values(&[strategy])
+            .inc_by(secrets);
+    }
+
+    pub fn remote_secrets_watched(&self, strategy: &str, secrets: i64) {
+        self.remote_secrets_watched
+            .with_label_values(&[strategy])
+            .set(secrets);
+    }
+
+    /// `since`: `detection` or `event`; `until`: `secret_written` or `restart_triggered`.
+    pub fn propagation(&self, since: &str, until: &str, seconds: f64) {
+        self.propagation
+            .with_label_values(&[since, until])
+            .observe(seconds);
+    }
+
+    /// `outcome`: `restarted`, `paused` (not restarted) or `failed`.
+    pub fn restart(&self, kind: &str, outcome: &str) {
+        self.restarts.with_label_values(&[kind, outcome]).inc();
     }
 
     pub fn encode(&self) -> String {

@@ -22,7 +22,10 @@ pub const EXTERNAL_SECRET_ANNOTATION: &str = "secretsync.io/external-secret";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Created,
-    Updated,
+    /// `data_changed` is false when only labels or annotations changed: nothing to restart for.
+    Updated {
+        data_changed: bool,
+    },
     Unchanged,
 }
 
@@ -150,7 +153,9 @@ async fn apply(
         .await?;
     Ok(match before {
         None => Written::Created,
-        Some(before) if before.resource_version() != after.resource_version() => Written::Updated,
+        Some(before) if before.resource_version() != after.resource_version() => Written::Updated {
+            data_changed: before.data != after.data,
+        },
         Some(_) => Written::Unchanged,
     })
 }
@@ -208,7 +213,7 @@ pub async fn remove_our_keys(
     Ok(if after.resource_version() == before.resource_version() {
         Written::Unchanged
     } else {
-        Written::Updated
+        Written::Updated { data_changed: true }
     })
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use common::{
     ADMIN_ARN, Call, EXTERNAL_ID, MOTO_ACCOUNT, Operator, TIMEOUT, TestContext, env_vars,
-    recorded_calls, session_keys, wait_for,
+    recorded_calls, session_keys, value_reads, wait_for,
 };
 use serde_json::json;
 
@@ -155,7 +155,7 @@ async fn operator_identity_comes_from_irsa() {
     assert_eq!(exchanges[0].params["WebIdentityToken"], token);
     assert_eq!(exchanges[0].access_key, None, "the exchange is unsigned");
     let role_keys = session_keys(&role).await;
-    let reads = calls("GetSecretValue", "SecretId", &key);
+    let reads = value_reads(&key);
     assert!(reads.len() >= 3, "{reads:?}");
     for read in &reads {
         let signer = read.access_key.as_ref().expect("signed");
@@ -207,7 +207,7 @@ async fn store_service_account_web_identity_makes_one_session() {
         format!("secretsync-{}-team", t.namespace)
     );
     let role_keys = session_keys(&role).await;
-    let reads = calls("GetSecretValue", "SecretId", &key);
+    let reads = value_reads(&key);
     assert!(reads.len() >= 10, "{reads:?}");
     assert!(
         reads
@@ -289,7 +289,7 @@ async fn role_chain_is_assumed_once_per_identity_with_tenant_tags() {
             .contains(reads[0].access_key.as_ref().unwrap())
     );
     let reader_keys = session_keys(&reader).await;
-    let values = calls("GetSecretValue", "SecretId", &key);
+    let values = value_reads(&key);
     assert!(values.len() >= 20, "{values:?}");
     assert!(
         values
@@ -451,7 +451,7 @@ async fn each_feature_needs_only_its_documented_permissions() {
         (
             calls("AssumeRole", "RoleArn", &none).len(),
             calls("AssumeRole", "RoleArn", &foreign).len(),
-            calls("GetSecretValue", "SecretId", &key).len(),
+            value_reads(&key).len(),
         )
     };
     let before = calls_so_far();
@@ -658,7 +658,7 @@ async fn cluster_store_conditions_and_tenant_sessions() {
         HashMap::from([(a.namespace.clone(), 1), (b.namespace.clone(), 1)]),
         "{sessions:?}"
     );
-    let user_reads: Vec<Call> = calls("GetSecretValue", "SecretId", &key)
+    let user_reads: Vec<Call> = value_reads(&key)
         .into_iter()
         .filter(|c| c.access_key.as_deref() == Some(id.as_str()))
         .collect();

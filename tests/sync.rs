@@ -203,10 +203,12 @@ async fn first_sync_writes_owned_secret_and_status() {
         format!(r#"externalsecret_sync_calls_total{{name="app",namespace="{ns}"}} 1"#),
         format!(r#"externalsecret_status_condition{{condition="Ready",name="app",namespace="{ns}",status="True"}} 1"#),
         format!(r#"secretstore_status_condition{{condition="Ready",name="aws",namespace="{ns}",status="True"}} 1"#),
-        r#"externalsecret_provider_api_calls_count{call="GetSecretValue",provider="AWS/SecretsManager",status="success"} 3"#.to_string(),
+        // Three remote secrets, one batched read.
+        r#"externalsecret_provider_api_calls_count{call="BatchGetSecretValue",provider="AWS/SecretsManager",status="success"} 1"#.to_string(),
     ] {
         assert!(metrics.contains(&series), "missing {series} in:\n{metrics}");
     }
+    assert!(!metrics.contains(r#"call="GetSecretValue""#), "{metrics}");
     assert!(metrics.contains("secretsync_reconcile_duration_seconds_bucket"));
 }
 

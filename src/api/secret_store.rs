@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -127,6 +129,62 @@ pub struct AwsProvider {
     /// Keys of `sessionTags` that pass on to roles assumed from the `role` session.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitive_tag_keys: Vec<String>,
+    /// How rotations are noticed between full refreshes; by default ListSecrets every minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_check: Option<VersionCheck>,
+}
+
+/// How the operator notices that a remote secret has a new version between two full refreshes of the
+/// ExternalSecrets reading it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.strategy != 'Events' || has(self.events)").message("strategy Events needs events.queueURL"))]
+pub struct VersionCheck {
+    #[serde(default)]
+    pub strategy: VersionCheckStrategy,
+    /// How often versions are checked: default 1m; with `Events`, the full check that backs the events up,
+    /// default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<VersionCheckEvents>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum VersionCheckStrategy {
+    /// One call per 100 secrets, no decryption; AWS documents that it can lag up to five minutes.
+    #[default]
+    ListSecrets,
+    /// One call per secret, always current.
+    DescribeSecret,
+    /// Secrets Manager's EventBridge events, delivered to an SQS queue; a full check every interval.
+    Events,
+    /// No checks: values are read again every refreshInterval, as External Secrets Operator does.
+    None,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+pub struct VersionCheckEvents {
+    /// The SQS queue that an EventBridge rule feeds with `aws.secretsmanager` events.
+    #[serde(rename = "queueURL")]
+    #[schemars(length(min = 1))]
+    pub queue_url: String,
+}
+
+impl VersionCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_EVENTS_INTERVAL: Duration = Duration::from_secs(600);
+
+    pub fn interval(&self) -> Result<Duration, humantime::DurationError> {
+        match &self.interval {
+            Some(text) => humantime::parse_duration(text),
+            None if self.strategy == VersionCheckStrategy::Events => {
+                Ok(Self::DEFAULT_EVENTS_INTERVAL)
+            }
+            None => Ok(Self::DEFAULT_INTERVAL),
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]

@@ -2,10 +2,14 @@
 
 mod backoff;
 mod external_secret;
+mod restart;
 mod secret_store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc::{UnboundedReceiver, unbounded};
+use kube::runtime::reflector::ObjectRef;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -14,9 +18,11 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
+use crate::api::ExternalSecret;
 use crate::data_hash::DataHasher;
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::rotation::Watches;
 use crate::store::Stores;
 use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
@@ -32,7 +38,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Stores and the AWS identities they resolve to, cached across reconciles.
-    pub stores: Stores,
+    pub stores: Arc<Stores>,
+    /// The version watches of every remote secret read, and the values kept for them.
+    pub watches: Arc<Watches>,
+    /// ExternalSecrets the watches wake; the ExternalSecret controller takes it when it starts.
+    woken: Mutex<Option<UnboundedReceiver<ObjectRef<ExternalSecret>>>>,
     pub hasher: DataHasher,
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
@@ -54,8 +64,18 @@ impl Context {
             controller: "secretsync".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let stores = Arc::new(stores);
+        let (wake, woken) = unbounded();
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            watches: Arc::new(Watches::new(
+                stores.clone(),
+                metrics.clone(),
+                recorder.clone(),
+                wake,
+            )),
+            woken: Mutex::new(Some(woken)),
+            recorder,
             client,
             metrics,
             stores,

@@ -198,6 +198,7 @@ mod tests {
     fn text(value: &str) -> RemoteSecret {
         RemoteSecret {
             version_id: None,
+            stages: Vec::new(),
             value: RemoteValue::Text(value.to_string()),
         }
     }
@@ -211,6 +212,7 @@ mod tests {
         assert_eq!(read(&text("plain"), None).unwrap(), b"plain");
         let binary = RemoteSecret {
             version_id: None,
+            stages: Vec::new(),
             value: RemoteValue::Binary(vec![0, 159, 255]),
         };
         assert_eq!(read(&binary, None).unwrap(), vec![0, 159, 255]);

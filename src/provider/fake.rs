@@ -54,8 +54,21 @@ impl SecretProvider for FakeProvider {
         })?;
         Ok(RemoteSecret {
             version_id: entry.version.clone(),
+            stages: Vec::new(),
             value: RemoteValue::Text(entry.value.clone()),
         })
+    }
+
+    async fn get_current_batch(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let current = Version::parse(None);
+        let mut read = Vec::new();
+        for key in keys {
+            read.push((key.clone(), self.get_secret(key, &current).await));
+        }
+        Ok(read)
     }
 
     async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {

@@ -10,12 +10,15 @@ use std::fmt;
 
 use crate::error::Result;
 
-/// A remote secret's value and the version it came from.
+/// A remote secret's value, the version it came from and that version's stages (labels) when read.
+#[derive(Clone)]
 pub struct RemoteSecret {
     pub version_id: Option<String>,
+    pub stages: Vec<String>,
     pub value: RemoteValue,
 }
 
+#[derive(Clone)]
 pub enum RemoteValue {
     Text(String),
     Binary(Vec<u8>),
@@ -26,6 +29,7 @@ impl fmt::Debug for RemoteSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteSecret")
             .field("version_id", &self.version_id)
+            .field("stages", &self.stages)
             .field("value", &"<redacted>")
             .finish()
     }
@@ -70,6 +74,13 @@ pub trait SecretProvider: Send + Sync {
         version: &Version,
     ) -> impl Future<Output = Result<RemoteSecret>> + Send;
 
+    /// Reads the current version (AWSCURRENT) of several secrets, in as few calls as the provider allows,
+    /// with each secret's own result.
+    fn get_current_batch(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Result<RemoteSecret>)>>> + Send;
+
     /// The secret's tags (`metadataPolicy: Fetch`).
     fn get_tags(&self, key: &str) -> impl Future<Output = Result<BTreeMap<String, String>>> + Send;
 
@@ -96,6 +107,16 @@ impl SecretProvider for Provider {
         match self {
             Provider::Aws(aws) => aws.get_secret(key, version).await,
             Provider::Fake(fake) => fake.get_secret(key, version).await,
+        }
+    }
+
+    async fn get_current_batch(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        match self {
+            Provider::Aws(aws) => aws.get_current_batch(keys).await,
+            Provider::Fake(fake) => fake.get_current_batch(keys).await,
         }
     }
 
@@ -143,6 +164,7 @@ mod tests {
     fn debug_never_shows_the_value() {
         let secret = RemoteSecret {
             version_id: Some("v1".into()),
+            stages: Vec::new(),
             value: RemoteValue::Text("canary-value".into()),
         };
         assert!(!format!("{secret:?}").contains("canary-value"));

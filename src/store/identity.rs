@@ -50,7 +50,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn key(&self) -> IdentityKey {
+    pub fn key(&self) -> IdentityKey {
         let source = match &self.source {
             Source::Operator => SourceKey::Operator,
             // A digest, so that the cache key holds no secret and a rotated key is a new identity.
@@ -128,8 +128,9 @@ impl fmt::Display for Plan {
     }
 }
 
+/// Tells identities apart without holding a credential.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct IdentityKey {
+pub struct IdentityKey {
     region: String,
     source: SourceKey,
     chain: Vec<RoleRequest>,

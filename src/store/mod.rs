@@ -23,8 +23,8 @@ use crate::provider::Provider;
 use crate::provider::aws::AwsSecretsManager;
 use crate::provider::aws::sts::RoleRequest;
 use crate::provider::fake::FakeProvider;
-pub use identity::Plan;
 use identity::{Identities, Source};
+pub use identity::{IdentityKey, Plan};
 
 /// The ServiceAccount annotation that names the role of its web identity, as IRSA uses it.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
@@ -151,6 +151,7 @@ impl Stores {
                 Ok(Provider::Aws(AwsSecretsManager::new(
                     &config,
                     aws.prefix.as_deref(),
+                    plan.key(),
                     self.metrics.clone(),
                 )))
             }

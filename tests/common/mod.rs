@@ -446,6 +446,24 @@ pub struct Call {
     pub access_key: Option<String>,
     /// Form parameters (query protocol) or top-level string fields (JSON protocol).
     pub params: HashMap<String, String>,
+    /// The secrets a Secrets Manager call names: `SecretId`, or every id of `SecretIdList`.
+    pub secret_ids: Vec<String>,
+}
+
+impl Call {
+    /// Whether the call read `key`'s value (GetSecretValue, or BatchGetSecretValue naming it).
+    pub fn reads(&self, key: &str) -> bool {
+        matches!(self.action.as_str(), "GetSecretValue" | "BatchGetSecretValue")
+            && self.secret_ids.iter().any(|id| id == key)
+    }
+}
+
+/// Every recorded read of `key`'s value.
+pub fn value_reads(key: &str) -> Vec<Call> {
+    recorded_calls()
+        .into_iter()
+        .filter(|call| call.reads(key))
+        .collect()
 }
 
 /// Every AWS request moto has answered since the stack started (the stack records from the start).
@@ -464,8 +482,17 @@ pub fn recorded_calls() -> Vec<Call> {
             } else {
                 raw.as_bytes().to_vec()
             };
-            let mut params: HashMap<String, String> = match serde_json::from_slice(&body) {
-                Ok(serde_json::Value::Object(fields)) => fields
+            let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+            let secret_ids: Vec<String> = json
+                .as_ref()
+                .and_then(|json| json["SecretIdList"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .chain(json.as_ref().map(|json| &json["SecretId"]))
+                .filter_map(|id| Some(id.as_str()?.to_string()))
+                .collect();
+            let mut params: HashMap<String, String> = match json {
+                Some(serde_json::Value::Object(fields)) => fields
                     .into_iter()
                     .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
                     .collect(),
@@ -484,6 +511,7 @@ pub fn recorded_calls() -> Vec<Call> {
                 action,
                 access_key,
                 params,
+                secret_ids,
             })
         })
         .collect()

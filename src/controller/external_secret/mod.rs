@@ -13,19 +13,21 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
-use super::{Context, LastSync};
+use super::{Context, LastSync, publish, restart};
 use crate::api::{
-    ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, RefreshPolicy, SecretStore,
-    StoreKind, is_ready,
+    ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretSpec,
+    RefreshPolicy, SecretStore, StoreKind, is_ready,
 };
 use crate::error::{Error, Result};
 use crate::fetch::{self, Outcome};
-use crate::store::StoreScope;
+use crate::provider::{Provider, Version};
+use crate::rotation::{Detection, KeptFirst, Read, StoreHandle, Watches};
 use crate::target::{self, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
 
@@ -57,6 +59,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         .combine(predicates::annotations);
     let metrics = ctx.metrics.clone();
     let forget = ctx.clone();
+    let woken = ctx
+        .woken
+        .lock()
+        .expect("never poisoned")
+        .take()
+        .expect("the ExternalSecret controller runs once");
     let external_secrets = watcher(external_secrets, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -64,6 +72,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             if let Ok(watcher::Event::Delete(es)) = event {
                 metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
                 forget.forget_sync(&key(es));
+                forget.watches.forget(&ObjectRef::from_obj(es));
             }
         })
         .applied_objects()
@@ -106,6 +115,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
                 None,
             )
         })
+        // Rotations found by the version watches.
+        .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -138,6 +149,8 @@ enum Synced {
     Written {
         written: Written,
         versions: BTreeMap<String, String>,
+        /// Until the next full refresh (never, when `None`).
+        wait: Option<Duration>,
     },
     /// Every remote secret is gone and `deletionPolicy` acted (or, with `Retain`, this is the error).
     Gone { cleanup: Cleanup, error: Error },
@@ -160,10 +173,14 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
         .reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     let action = match result {
         Ok(Synced::UpToDate(wait)) => Ok(requeue(wait)),
-        Ok(Synced::Written { written, versions }) => {
+        Ok(Synced::Written {
+            written,
+            versions,
+            wait,
+        }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), true);
             record_success(&es, &ctx, &namespace, written, versions).await?;
-            Ok(requeue(next_refresh(&es, refresh)))
+            Ok(requeue(wait))
         }
         Ok(Synced::Gone { cleanup, error }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), false);
@@ -232,21 +249,33 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     if creation == CreationPolicy::Merge && existing.is_none() {
         return Err(Error::SecretMissing(es.target_name().to_string()));
     }
+    let es_ref = ObjectRef::from_obj(es);
+    // Between full refreshes, only a rotation the version watches found is a reason to write.
+    let mut rotated = None;
     if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es))) {
-        return Ok(Synced::UpToDate(wait));
+        if !ctx.watches.is_registered(&es_ref) {
+            watch_from_status(es, ctx, namespace).await;
+        }
+        if !ctx.watches.stale(&es_ref) {
+            return Ok(Synced::UpToDate(wait));
+        }
+        rotated = Some(wait);
     }
 
-    let store = &es.spec.secret_store_ref;
-    let spec = ctx.stores.for_external_secret(es, namespace).await?;
-    let kind = store.kind;
-    let scope = StoreScope {
-        kind,
-        name: &store.name,
-        store_namespace: (kind == StoreKind::SecretStore).then_some(namespace),
-        requester_namespace: Some(namespace),
+    let store = resolve_store(es, ctx, namespace).await?;
+    let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
+    let check = Watches::check_of(&store.spec)?;
+    let outcome = match (rotated, &provider, &check) {
+        (Some(_), Provider::Aws(aws), Some(check)) => {
+            let kept = KeptFirst {
+                provider: &provider,
+                kept: ctx.watches.kept(aws, check),
+            };
+            fetch::fetch(&es.spec, &kept).await?
+        }
+        _ => fetch::fetch(&es.spec, &provider).await?,
     };
-    let provider = ctx.stores.provider(&spec, &scope).await?;
-    let fetched = match fetch::fetch(&es.spec, &provider).await? {
+    let fetched = match outcome {
         Outcome::Fetched(fetched) => fetched,
         Outcome::Gone(error) => {
             let cleanup = clean_up(es, ctx, &secrets, existing.as_ref()).await?;
@@ -254,13 +283,150 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             return Ok(Synced::Gone { cleanup, error });
         }
     };
+    let reads = fetched
+        .reads
+        .into_iter()
+        .filter_map(|(key, version, secret)| {
+            Some(Read {
+                key,
+                version,
+                version_id: secret.version_id.clone()?,
+                secret: Some(secret),
+            })
+        })
+        .collect();
     let rendered = render(es, ctx, namespace, fetched.data).await?;
     let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
-    ctx.synced(key(es), synced_resource_version(es));
+    match (&provider, check) {
+        (Provider::Aws(aws), Some(check)) => {
+            ctx.watches
+                .register(es_ref.clone(), aws, check, store, reads)
+        }
+        _ => ctx.watches.forget(&es_ref),
+    }
+    if rotated.is_none() {
+        ctx.synced(key(es), synced_resource_version(es));
+    }
+    if written == (Written::Updated { data_changed: true }) {
+        propagate(es, ctx, namespace, &es_ref, rotated.is_some()).await;
+    }
     Ok(Synced::Written {
         written,
         versions: fetched.versions,
+        wait: rotated.unwrap_or_else(|| next_refresh(es, refresh)),
     })
+}
+
+/// After the Secret's data changed: restarts the workloads that asked for it, and measures how long a
+/// rotation took to get here.
+async fn propagate(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    es_ref: &ObjectRef<ExternalSecret>,
+    rotated: bool,
+) {
+    let detections = if rotated {
+        ctx.watches.detections(es_ref)
+    } else {
+        Vec::new()
+    };
+    observe_propagation(ctx, &detections, "secret_written");
+    match restart::restart_users(ctx, es, namespace, es.target_name()).await {
+        Ok(0) => {}
+        Ok(_) => observe_propagation(ctx, &detections, "restart_triggered"),
+        Err(err) => {
+            publish(
+                ctx,
+                es,
+                EventType::Warning,
+                "Restart",
+                "RestartFailed",
+                format!(
+                    "could not restart the workloads using Secret {:?}: {err}",
+                    es.target_name()
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {
+    for detection in detections {
+        ctx.metrics
+            .propagation("detection", until, detection.at.elapsed().as_secs_f64());
+        if let Some(event_time) = detection.event_time {
+            let since_event = Timestamp::now().duration_since(event_time);
+            ctx.metrics
+                .propagation("event", until, since_event.as_secs_f64().max(0.0));
+        }
+    }
+}
+
+/// The store an ExternalSecret names, checked for its namespace.
+async fn resolve_store(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<StoreHandle> {
+    let reference = &es.spec.secret_store_ref;
+    let spec = ctx.stores.for_external_secret(es, namespace).await?;
+    Ok(StoreHandle {
+        kind: reference.kind,
+        name: reference.name.clone(),
+        store_namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
+        requester_namespace: Some(namespace.to_string()),
+        spec,
+    })
+}
+
+/// After a restart of the operator: watches what the status says was written, so that a rotation is found
+/// without reading every value again. Failures only mean no watch until the next full refresh.
+async fn watch_from_status(es: &ExternalSecret, ctx: &Context, namespace: &str) {
+    let Some(status) = es.status.as_ref().filter(|s| !s.synced_versions.is_empty()) else {
+        return;
+    };
+    let registered = async {
+        let store = resolve_store(es, ctx, namespace).await?;
+        let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
+        if let (Provider::Aws(aws), Some(check)) = (&provider, Watches::check_of(&store.spec)?) {
+            let reads = status
+                .synced_versions
+                .iter()
+                .map(|(synced, id)| {
+                    let (key, version) = synced_key(&es.spec, synced);
+                    Read {
+                        key,
+                        version,
+                        version_id: id.clone(),
+                        secret: None,
+                    }
+                })
+                .collect();
+            ctx.watches
+                .register(ObjectRef::from_obj(es), aws, check, store, reads);
+        }
+        Ok::<_, Error>(())
+    };
+    if let Err(err) = registered.await {
+        tracing::debug!(error = %err, "no version watch until the next refresh");
+    }
+}
+
+/// The key and version of a `status.syncedVersions` entry: `key` or `key@version`. A key that itself holds
+/// an `@` is recognized by the spec naming it.
+fn synced_key(spec: &ExternalSecretSpec, synced: &str) -> (String, Version) {
+    let named = spec
+        .data
+        .iter()
+        .map(|entry| &entry.remote_ref)
+        .chain(
+            spec.data_from
+                .iter()
+                .filter_map(|entry| entry.extract.as_ref()),
+        )
+        .any(|reference| reference.key == synced);
+    match synced.rsplit_once('@') {
+        Some((key, version)) if !named => (key.to_string(), Version::parse(Some(version))),
+        _ => (synced.to_string(), Version::parse(None)),
+    }
 }
 
 async fn clean_up(

@@ -56,7 +56,7 @@ pub(super) async fn record_success(
     }
     let event = match written {
         Written::Created => Some(("Created", format!("Created Secret {target:?}"))),
-        Written::Updated => Some(("Updated", format!("Updated Secret {target:?}"))),
+        Written::Updated { .. } => Some(("Updated", format!("Updated Secret {target:?}"))),
         Written::Unchanged => None,
     };
     if let Some((reason, note)) = event {

@@ -29,8 +29,25 @@ where
         // No response at all: a timeout, a connection or credentials-chain failure.
         (None, _, None) => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
     };
+    classify_code(
+        call,
+        key,
+        code.as_deref().unwrap_or_default(),
+        detail,
+        status,
+    )
+}
+
+/// Our error class for an AWS error code; also used for the per-secret errors of a batched read.
+pub fn classify_code(
+    call: &'static str,
+    key: Option<&str>,
+    code: &str,
+    detail: String,
+    status: Option<u16>,
+) -> Error {
     let key = key.map(str::to_string);
-    match code.as_deref().unwrap_or_default() {
+    match code {
         "ResourceNotFoundException" => Error::RemoteKeyNotFound {
             key: key.unwrap_or_default(),
             detail,

@@ -1,42 +1,201 @@
-//! AWS Secrets Manager, and the STS calls that give a store its identity.
+//! AWS Secrets Manager, the STS calls that give a store its identity, and the SQS queue that brings Secrets
+//! Manager's events.
 
 mod errors;
+pub mod events;
 pub mod sts;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, SecretValueEntry, Tag};
 
 use super::{RemoteSecret, RemoteValue, SecretProvider, Version};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use errors::classify;
+use crate::store::IdentityKey;
+use errors::{classify, classify_code};
 
 const PROVIDER: &str = "AWS/SecretsManager";
+/// BatchGetSecretValue takes at most this many secret ids.
+const BATCH_LIMIT: usize = 20;
 
+/// The version stages of one remote secret: stage → VersionId.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub name: String,
+    pub arn: Option<String>,
+    pub stages: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
 pub struct AwsSecretsManager {
     secrets: aws_sdk_secretsmanager::Client,
     sts: aws_sdk_sts::Client,
+    sqs: aws_sdk_sqs::Client,
     prefix: String,
     metrics: Arc<Metrics>,
+    /// Whose session the clients use: stores that resolve to the same identity share version checks.
+    pub identity: IdentityKey,
 }
 
 impl AwsSecretsManager {
     /// Clients for one store: `config` carries the store's region and identity; `prefix` is prepended to
     /// every remote key.
-    pub fn new(config: &SdkConfig, prefix: Option<&str>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &SdkConfig,
+        prefix: Option<&str>,
+        identity: IdentityKey,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         AwsSecretsManager {
             secrets: aws_sdk_secretsmanager::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            sqs: aws_sdk_sqs::Client::new(config),
             prefix: prefix.unwrap_or_default().to_string(),
             metrics,
+            identity,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The same clients, for full secret names or ARNs (version checks span every store's prefix).
+    pub fn unprefixed(&self) -> Self {
+        AwsSecretsManager {
+            prefix: String::new(),
+            ..self.clone()
         }
     }
 
     fn record<T, E>(&self, call: &str, result: &std::result::Result<T, E>) {
         self.metrics.provider_call(PROVIDER, call, result.is_ok());
+    }
+
+    /// The stages of every secret whose name starts with `name_prefix` (all secrets when empty), 100 per
+    /// call, without reading a value. Secrets scheduled for deletion are left out.
+    pub async fn list_versions(&self, name_prefix: &str) -> Result<Vec<Versions>> {
+        let filters = (!name_prefix.is_empty())
+            .then(|| vec![filter(FilterNameStringType::Name, name_prefix.to_string())]);
+        let mut listed = Vec::new();
+        let mut next_token = None;
+        loop {
+            let result = self
+                .secrets
+                .list_secrets()
+                .set_filters(filters.clone())
+                .set_next_token(next_token)
+                .max_results(100)
+                .send()
+                .await;
+            self.record("ListSecrets", &result);
+            let page = result.map_err(|err| classify("ListSecrets", None, err))?;
+            for entry in page.secret_list() {
+                let Some(name) = entry.name() else { continue };
+                listed.push(Versions {
+                    name: name.to_string(),
+                    arn: entry.arn().map(str::to_string),
+                    stages: by_stage(entry.secret_versions_to_stages()),
+                });
+            }
+            next_token = page.next_token;
+            if next_token.is_none() {
+                return Ok(listed);
+            }
+        }
+    }
+
+    /// The stages of one secret, always current (DescribeSecret reads no value).
+    pub async fn describe_versions(&self, key: &str) -> Result<Versions> {
+        let result = self
+            .secrets
+            .describe_secret()
+            .secret_id(format!("{}{key}", self.prefix))
+            .send()
+            .await;
+        self.record("DescribeSecret", &result);
+        let output = result.map_err(|err| classify("DescribeSecret", Some(key), err))?;
+        Ok(Versions {
+            name: output.name().unwrap_or(key).to_string(),
+            arn: output.arn().map(str::to_string),
+            stages: by_stage(output.version_ids_to_stages()),
+        })
+    }
+
+    /// One chunk of a batched read. A secret the answer does not name is read on its own.
+    async fn batch_chunk(&self, keys: &[String]) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let ids: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
+        let result = self
+            .secrets
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(ids.clone()))
+            .send()
+            .await;
+        self.record("BatchGetSecretValue", &result);
+        let output = result.map_err(|err| classify("BatchGetSecretValue", None, err))?;
+        let mut read = Vec::new();
+        for (key, id) in keys.iter().zip(&ids) {
+            let named = |name: Option<&str>, arn: Option<&str>| {
+                name == Some(id.as_str()) || arn == Some(id.as_str())
+            };
+            if let Some(entry) = output
+                .secret_values()
+                .iter()
+                .find(|e| named(e.name(), e.arn()))
+            {
+                read.push((key.clone(), from_entry(key, entry)));
+            } else if let Some(error) = output
+                .errors()
+                .iter()
+                .find(|e| e.secret_id() == Some(id.as_str()))
+            {
+                let code = error.error_code().unwrap_or_default();
+                let detail = format!("{code}: {}", error.message().unwrap_or_default());
+                let err = classify_code("BatchGetSecretValue", Some(key), code, detail, None);
+                read.push((key.clone(), Err(err)));
+            } else {
+                let current = Version::parse(None);
+                read.push((key.clone(), self.get_secret(key, &current).await));
+            }
+        }
+        Ok(read)
+    }
+}
+
+fn by_stage(
+    versions_to_stages: Option<&std::collections::HashMap<String, Vec<String>>>,
+) -> BTreeMap<String, String> {
+    versions_to_stages
+        .into_iter()
+        .flatten()
+        .flat_map(|(id, stages)| stages.iter().map(move |stage| (stage.clone(), id.clone())))
+        .collect()
+}
+
+fn from_entry(key: &str, entry: &SecretValueEntry) -> Result<RemoteSecret> {
+    let value = remote_value(
+        key,
+        entry.secret_string.clone(),
+        entry.secret_binary.clone().map(|b| b.into_inner()),
+    )?;
+    Ok(RemoteSecret {
+        version_id: entry.version_id.clone(),
+        stages: entry.version_stages.clone().unwrap_or_default(),
+        value,
+    })
+}
+
+fn remote_value(key: &str, text: Option<String>, binary: Option<Vec<u8>>) -> Result<RemoteValue> {
+    match (text, binary) {
+        (Some(text), _) => Ok(RemoteValue::Text(text)),
+        (None, Some(bytes)) => Ok(RemoteValue::Binary(bytes)),
+        (None, None) => Err(Error::InvalidRemoteValue {
+            key: key.to_string(),
+            problem: "the version holds no value".into(),
+        }),
     }
 }
 
@@ -57,20 +216,37 @@ impl SecretProvider for AwsSecretsManager {
             other => format!("{key}@{other}"),
         };
         let output = result.map_err(|err| classify("GetSecretValue", Some(&label), err))?;
-        let value = match (output.secret_string, output.secret_binary) {
-            (Some(text), _) => RemoteValue::Text(text),
-            (None, Some(blob)) => RemoteValue::Binary(blob.into_inner()),
-            (None, None) => {
-                return Err(Error::InvalidRemoteValue {
-                    key: key.to_string(),
-                    problem: "the version holds no value".into(),
-                });
-            }
-        };
+        let value = remote_value(
+            key,
+            output.secret_string,
+            output.secret_binary.map(|b| b.into_inner()),
+        )?;
         Ok(RemoteSecret {
             version_id: output.version_id,
+            stages: output.version_stages.unwrap_or_default(),
             value,
         })
+    }
+
+    async fn get_current_batch(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let mut read = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_LIMIT) {
+            match self.batch_chunk(chunk).await {
+                Ok(chunk_read) => read.extend(chunk_read),
+                // A policy written for External Secrets Operator allows GetSecretValue only.
+                Err(Error::AccessDenied { .. }) => {
+                    let current = Version::parse(None);
+                    for key in chunk {
+                        read.push((key.clone(), self.get_secret(key, &current).await));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(read)
     }
 
     async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {

@@ -1,0 +1,249 @@
+//! Rolling restarts of the workloads that use a Secret whose data changed: Deployments, StatefulSets and
+//! DaemonSets annotated `secretsync.io/restart-on-change` get a new pod-template annotation, as
+//! `kubectl rollout restart` does.
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{Context, publish};
+use crate::api::ExternalSecret;
+use crate::error::Result;
+use crate::target::FIELD_MANAGER;
+
+pub const RESTART_ANNOTATION: &str = "secretsync.io/restart-on-change";
+pub const RESTARTED_AT_ANNOTATION: &str = "secretsync.io/restarted-at";
+
+/// A workload kind we restart: where its pod template is, and whether it may be restarted now.
+trait Workload:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+    fn pod_spec(&self) -> Option<&PodSpec>;
+    /// A paused Deployment would take the new template at its next resume, not now.
+    fn paused(&self) -> bool {
+        false
+    }
+}
+
+impl Workload for Deployment {
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
+    }
+
+    fn paused(&self) -> bool {
+        self.spec
+            .as_ref()
+            .and_then(|spec| spec.paused)
+            .unwrap_or(false)
+    }
+}
+
+impl Workload for StatefulSet {
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
+    }
+}
+
+impl Workload for DaemonSet {
+    fn pod_spec(&self) -> Option<&PodSpec> {
+        self.spec.as_ref()?.template.spec.as_ref()
+    }
+}
+
+/// Restarts every annotated workload in the namespace that uses `secret`. Each one is attempted; the first
+/// failure is returned after all were tried.
+pub async fn restart_users(
+    ctx: &Context,
+    es: &ExternalSecret,
+    namespace: &str,
+    secret: &str,
+) -> Result<usize> {
+    let mut restarted = 0;
+    let mut first_error = None;
+    for result in [
+        restart_kind::<Deployment>(ctx, es, namespace, secret).await,
+        restart_kind::<StatefulSet>(ctx, es, namespace, secret).await,
+        restart_kind::<DaemonSet>(ctx, es, namespace, secret).await,
+    ] {
+        match result {
+            Ok(count) => restarted += count,
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(restarted),
+    }
+}
+
+async fn restart_kind<W: Workload>(
+    ctx: &Context,
+    es: &ExternalSecret,
+    namespace: &str,
+    secret: &str,
+) -> Result<usize> {
+    let api: Api<W> = Api::namespaced(ctx.client.clone(), namespace);
+    let kind = W::kind(&()).to_string();
+    let mut restarted = 0;
+    let mut first_error = None;
+    for workload in api.list(&ListParams::default()).await? {
+        let Some(wanted) = workload.annotations().get(RESTART_ANNOTATION) else {
+            continue;
+        };
+        if !restarts_for(wanted, workload.pod_spec(), secret) {
+            continue;
+        }
+        let name = workload.name_any();
+        if workload.paused() {
+            ctx.metrics.restart(&kind, "paused");
+            let note = format!(
+                "{kind} {name} is paused: not restarted for the change of Secret {secret:?}; it takes the new data when resumed and rolled out"
+            );
+            publish(
+                ctx,
+                &workload,
+                EventType::Warning,
+                "Restart",
+                "RestartSkipped",
+                note.clone(),
+            )
+            .await;
+            publish(
+                ctx,
+                es,
+                EventType::Warning,
+                "Restart",
+                "RestartSkipped",
+                note,
+            )
+            .await;
+            continue;
+        }
+        let patch = serde_json::json!({
+            "spec": {"template": {"metadata": {"annotations": {
+                RESTARTED_AT_ANNOTATION: Timestamp::now().to_string(),
+            }}}}
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                restarted += 1;
+                ctx.metrics.restart(&kind, "restarted");
+                publish(
+                    ctx,
+                    &workload,
+                    EventType::Normal,
+                    "Restart",
+                    "Restarted",
+                    format!(
+                        "Rolling restart: Secret {secret:?} changed (ExternalSecret {})",
+                        es.name_any()
+                    ),
+                )
+                .await;
+                publish(
+                    ctx,
+                    es,
+                    EventType::Normal,
+                    "Restart",
+                    "WorkloadRestarted",
+                    format!("Rolling restart of {kind} {name}: Secret {secret:?} changed"),
+                )
+                .await;
+            }
+            Err(err) => {
+                ctx.metrics.restart(&kind, "failed");
+                tracing::warn!(%kind, workload = %name, error = %err, "could not restart workload");
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err.into()),
+        None => Ok(restarted),
+    }
+}
+
+/// Whether a workload's `restart-on-change` value asks for a restart when `secret` changes: `"true"` for
+/// every Secret its pods use, or a comma-separated list of Secret names.
+fn restarts_for(wanted: &str, pod: Option<&PodSpec>, secret: &str) -> bool {
+    if wanted.trim() == "true" {
+        return pod.is_some_and(|pod| uses_secret(pod, secret));
+    }
+    wanted.split(',').any(|name| name.trim() == secret)
+}
+
+/// Whether pods mount or read `secret`: volumes (also projected), `env` and `envFrom`, in every container.
+fn uses_secret(pod: &PodSpec, secret: &str) -> bool {
+    let named = |name: Option<&String>| name.is_some_and(|n| n == secret);
+    let in_volumes = pod.volumes.iter().flatten().any(|volume| {
+        named(volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()))
+            || volume
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .any(|source| named(source.secret.as_ref().map(|s| &s.name)))
+    });
+    let containers = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten());
+    let in_containers = containers.into_iter().any(|container| {
+        container.env.iter().flatten().any(|env| {
+            named(
+                env.value_from
+                    .as_ref()
+                    .and_then(|from| from.secret_key_ref.as_ref())
+                    .map(|key| &key.name),
+            )
+        }) || container
+            .env_from
+            .iter()
+            .flatten()
+            .any(|from| named(from.secret_ref.as_ref().map(|s| &s.name)))
+    });
+    in_volumes || in_containers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> PodSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_list_names_secrets() {
+        assert!(restarts_for("db, api", None, "api"));
+        assert!(!restarts_for("db,api", None, "cache"));
+    }
+
+    #[test]
+    fn true_means_every_secret_the_pods_use() {
+        let spec = pod(serde_json::json!({
+            "volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "projected"}}]}},
+                        {"name": "w", "secret": {"secretName": "mounted"}}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-env"}}]}],
+            "containers": [{"name": "c", "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "env", "key": "k"}}}]}],
+        }));
+        for secret in ["projected", "mounted", "init-env", "env"] {
+            assert!(restarts_for("true", Some(&spec), secret), "{secret}");
+        }
+        assert!(!restarts_for("true", Some(&spec), "other"));
+        assert!(!restarts_for("true", None, "env"));
+    }
+}

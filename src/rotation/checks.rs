@@ -1,0 +1,455 @@
+//! The checks of one group of watches: a poll every interval (ListSecrets, or DescribeSecret per secret),
+//! and with `Events` a listener on the SQS queue that wakes the affected watches at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Event, EventType};
+
+use super::{AbortOnDrop, Detection, GroupKey, StoreHandle, Watches, strategy_label};
+use crate::api::{ClusterSecretStore, SecretStore, StoreKind, VersionCheckStrategy};
+use crate::error::{Error, Result};
+use crate::provider::aws::AwsSecretsManager;
+use crate::provider::aws::events::name_in_arn;
+use crate::provider::{Provider, SecretProvider, Version};
+
+/// DescribeSecret checks in flight at once for one group.
+const DESCRIBE_CONCURRENCY: usize = 8;
+/// Pause after a failed receive from the queue.
+const QUEUE_RETRY: Duration = Duration::from_secs(5);
+
+/// What a check saw of one watched secret.
+enum Observation {
+    Stages(BTreeMap<String, String>),
+    Gone,
+}
+
+pub(super) fn start(watches: Arc<Watches>, key: GroupKey) -> Vec<AbortOnDrop> {
+    let mut tasks = vec![AbortOnDrop(
+        tokio::spawn(poll(watches.clone(), key.clone())).abort_handle(),
+    )];
+    if key.check.strategy == VersionCheckStrategy::Events {
+        tasks.push(AbortOnDrop(
+            tokio::spawn(listen(watches, key)).abort_handle(),
+        ));
+    }
+    tasks
+}
+
+async fn poll(watches: Arc<Watches>, key: GroupKey) {
+    let interval = key
+        .check
+        .interval()
+        .unwrap_or(crate::api::VersionCheck::DEFAULT_INTERVAL);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some((store, targets)) = watches.targets(&key) else {
+            return;
+        };
+        let client = match watches.client(&store).await {
+            Ok(client) => client,
+            Err(err) => {
+                watches.report(&key, Some(&err)).await;
+                continue;
+            }
+        };
+        let observed = match key.check.strategy {
+            VersionCheckStrategy::DescribeSecret => describe(&client, &targets).await,
+            _ => list(&client, &targets).await,
+        };
+        match observed {
+            Ok(observed) => {
+                watches.report(&key, None).await;
+                let observed = observed.into_iter().map(|(k, o)| (k, o, None)).collect();
+                watches.apply(&key, &client, observed).await;
+            }
+            Err(err) => watches.report(&key, Some(&err)).await,
+        }
+    }
+}
+
+/// Receives Secrets Manager events and checks the watched secrets they name with DescribeSecret.
+async fn listen(watches: Arc<Watches>, key: GroupKey) {
+    let Some(queue_url) = key.check.events.as_ref().map(|e| e.queue_url.clone()) else {
+        return;
+    };
+    loop {
+        let Some((store, _)) = watches.targets(&key) else {
+            return;
+        };
+        let received = match watches.client(&store).await {
+            Ok(client) => client
+                .receive_events(&queue_url)
+                .await
+                .map(|events| (client, events)),
+            Err(err) => Err(err),
+        };
+        let (client, events) = match received {
+            Ok(received) => received,
+            Err(err) => {
+                watches.report(&key, Some(&err)).await;
+                tokio::time::sleep(QUEUE_RETRY).await;
+                continue;
+            }
+        };
+        if events.is_empty() {
+            continue;
+        }
+        let Some((_, targets)) = watches.targets(&key) else {
+            return;
+        };
+        let mut named: HashMap<String, Option<Timestamp>> = HashMap::new();
+        for event in &events {
+            for target in targets
+                .iter()
+                .filter(|t| event.secret_ids.iter().any(|id| names_same_secret(id, t)))
+            {
+                let time = named.entry(target.clone()).or_insert(event.time);
+                *time = (*time).min(event.time).or(event.time);
+            }
+        }
+        if named.is_empty() {
+            continue;
+        }
+        let matched: Vec<String> = named.keys().cloned().collect();
+        match describe(&client, &matched).await {
+            Ok(observed) => {
+                let observed = observed
+                    .into_iter()
+                    .map(|(k, o)| {
+                        let time = named.get(&k).copied().flatten();
+                        (k, o, time)
+                    })
+                    .collect();
+                watches.apply(&key, &client, observed).await;
+            }
+            Err(err) => watches.report(&key, Some(&err)).await,
+        }
+    }
+}
+
+/// Whether an id from an event (ARN or name) and a watched id (name or ARN) are the same secret.
+fn names_same_secret(event_id: &str, watched: &str) -> bool {
+    let event_name = name_in_arn(event_id).unwrap_or(event_id);
+    let watched_name = name_in_arn(watched).unwrap_or(watched);
+    event_id == watched || event_name == watched_name
+}
+
+/// One ListSecrets pass over the watched secrets' common path; a watched secret not listed is gone.
+async fn list(
+    client: &AwsSecretsManager,
+    targets: &[String],
+) -> Result<Vec<(String, Observation)>> {
+    let listed = client.list_versions(&common_path(targets)).await?;
+    let mut by_id: HashMap<&str, &BTreeMap<String, String>> = HashMap::new();
+    for versions in &listed {
+        by_id.insert(&versions.name, &versions.stages);
+        if let Some(arn) = &versions.arn {
+            by_id.insert(arn, &versions.stages);
+        }
+    }
+    Ok(targets
+        .iter()
+        .map(|target| {
+            let observation = match by_id.get(target.as_str()) {
+                Some(stages) => Observation::Stages((*stages).clone()),
+                None => Observation::Gone,
+            };
+            (target.clone(), observation)
+        })
+        .collect())
+}
+
+async fn describe(
+    client: &AwsSecretsManager,
+    targets: &[String],
+) -> Result<Vec<(String, Observation)>> {
+    let described: Vec<(String, Result<_>)> = stream::iter(targets.to_vec())
+        .map(|target| async move {
+            let result = client.describe_versions(&target).await;
+            (target, result)
+        })
+        .buffer_unordered(DESCRIBE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut observed = Vec::with_capacity(described.len());
+    for (target, result) in described {
+        match result {
+            Ok(versions) => observed.push((target, Observation::Stages(versions.stages))),
+            Err(Error::RemoteKeyNotFound { .. }) => observed.push((target, Observation::Gone)),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(observed)
+}
+
+/// The longest common prefix of the watched names, cut back to a `/`: AWS matches the name filter on
+/// whole words, so only a path is a safe filter. ARNs are listed without a filter.
+fn common_path(targets: &[String]) -> String {
+    if targets.iter().any(|t| t.starts_with("arn:")) {
+        return String::new();
+    }
+    let Some(first) = targets.first() else {
+        return String::new();
+    };
+    let mut common = first.as_str();
+    for target in &targets[1..] {
+        let shared = common
+            .char_indices()
+            .zip(target.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(common.len().min(target.len()), |((i, _), _)| i);
+        common = &common[..shared];
+    }
+    match common.rfind('/') {
+        Some(slash) => common[..=slash].to_string(),
+        None => String::new(),
+    }
+}
+
+impl Watches {
+    /// The group's store and the secrets it watches; `None` once the group is gone.
+    fn targets(&self, key: &GroupKey) -> Option<(StoreHandle, Vec<String>)> {
+        let state = self.lock();
+        let group = state.groups.get(key)?;
+        // Secrets read only at pinned versions cannot change.
+        let mut targets: Vec<String> = group
+            .secrets
+            .iter()
+            .filter(|(_, watched)| !watched.watched_stages().is_empty())
+            .map(|(target, _)| target.clone())
+            .collect();
+        targets.sort();
+        Some((group.store.clone(), targets))
+    }
+
+    /// A client of the store's current session, for full names.
+    async fn client(&self, store: &StoreHandle) -> Result<AwsSecretsManager> {
+        match self.stores.provider(&store.spec, &store.scope()).await? {
+            Provider::Aws(aws) => Ok(aws.unprefixed()),
+            Provider::Fake(_) => Err(Error::InvalidStoreConfig(
+                "the fake provider has no versions to check".into(),
+            )),
+        }
+    }
+
+    /// Takes what a check saw: moved stages get their new values read (AWSCURRENT in batches, others by
+    /// VersionId) and their readers woken; a secret that disappeared wakes its readers once.
+    async fn apply(
+        &self,
+        key: &GroupKey,
+        client: &AwsSecretsManager,
+        observed: Vec<(String, Observation, Option<Timestamp>)>,
+    ) {
+        let now = Instant::now();
+        let mut wake = Vec::new();
+        let mut moved: Vec<(String, BTreeSet<String>)> = Vec::new();
+        let mut current_to_read = Vec::new();
+        let mut ids_to_read = Vec::new();
+        {
+            let mut state = self.lock();
+            let Some(group) = state.groups.get_mut(key) else {
+                return;
+            };
+            for (target, observation, event_time) in observed {
+                let Some(watched) = group.secrets.get_mut(&target) else {
+                    continue;
+                };
+                let stages = match observation {
+                    Observation::Gone => {
+                        if !watched.gone {
+                            watched.gone = true;
+                            wake.extend(watched.readers.keys().cloned());
+                        }
+                        continue;
+                    }
+                    Observation::Stages(stages) => stages,
+                };
+                let returned = std::mem::take(&mut watched.gone);
+                let changed: BTreeSet<String> = watched
+                    .watched_stages()
+                    .into_iter()
+                    .filter(|stage| returned || stages.get(*stage) != watched.stages.get(*stage))
+                    .cloned()
+                    .collect();
+                watched.stages = stages;
+                if changed.is_empty() {
+                    continue;
+                }
+                for stage in &changed {
+                    let Some(id) = watched.stages.get(stage) else {
+                        continue;
+                    };
+                    watched.detected.entry(id.clone()).or_insert(Detection {
+                        at: now,
+                        event_time,
+                    });
+                    if watched.values.contains_key(id) {
+                        continue;
+                    }
+                    if stage == Version::CURRENT {
+                        current_to_read.push(target.clone());
+                    } else {
+                        ids_to_read.push((target.clone(), id.clone()));
+                    }
+                }
+                moved.push((target, changed));
+            }
+        }
+        if moved.is_empty() && wake.is_empty() {
+            return;
+        }
+        self.metrics
+            .rotations_detected(strategy_label(key.check.strategy), moved.len() as u64);
+
+        // Read once here, so that the woken ExternalSecrets find the values kept and read nothing.
+        let mut read = Vec::new();
+        match client.get_current_batch(&current_to_read).await {
+            Ok(results) => read.extend(
+                results
+                    .into_iter()
+                    .filter_map(|(target, result)| Some((target, result.ok()?))),
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read rotated values; the ExternalSecrets will read them")
+            }
+        }
+        for (target, id) in ids_to_read {
+            if let Ok(secret) = client.get_secret(&target, &Version::Id(id)).await {
+                read.push((target, secret));
+            }
+        }
+
+        let mut state = self.lock();
+        let Some(group) = state.groups.get_mut(key) else {
+            return;
+        };
+        for (target, secret) in read {
+            let (Some(watched), Some(id)) =
+                (group.secrets.get_mut(&target), secret.version_id.clone())
+            else {
+                continue;
+            };
+            // The batch answers with AWSCURRENT as it is now, which may already be newer than listed.
+            for stage in &secret.stages {
+                watched.stages.insert(stage.clone(), id.clone());
+            }
+            watched.detected.entry(id.clone()).or_insert(Detection {
+                at: now,
+                event_time: None,
+            });
+            watched.values.insert(id, Arc::new(secret));
+        }
+        for (target, changed) in &moved {
+            if let Some(watched) = group.secrets.get_mut(target) {
+                wake.extend(watched.readers_of(changed));
+                watched.prune();
+            }
+        }
+        drop(state);
+        tracing::info!(
+            secrets = moved.len(),
+            woken = wake.len(),
+            strategy = strategy_label(key.check.strategy),
+            "new versions detected"
+        );
+        self.wake_all(wake);
+    }
+
+    /// Reports a failing check once (log and a Warning event on the store), and its recovery.
+    async fn report(&self, key: &GroupKey, error: Option<&Error>) {
+        let (store, message) = {
+            let mut state = self.lock();
+            let Some(group) = state.groups.get_mut(key) else {
+                return;
+            };
+            let message = error.map(ToString::to_string);
+            if group.last_error == message {
+                return;
+            }
+            group.last_error = message.clone();
+            (group.store.clone(), message)
+        };
+        let Some(message) = message else {
+            tracing::info!(store = %store.name, "version checks work again");
+            return;
+        };
+        tracing::warn!(store = %store.name, error = %message, "version check failed; rotations are picked up at the refresh interval until it works");
+        let reference = store_reference(&store);
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "VersionCheckFailed".into(),
+            note: Some(format!(
+                "{message}; rotations are picked up at each ExternalSecret's refreshInterval until checks work"
+            )),
+            action: "CheckVersions".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "could not publish event");
+        }
+    }
+}
+
+fn store_reference(store: &StoreHandle) -> ObjectReference {
+    use kube::Resource;
+    let (api_version, kind) = match store.kind {
+        StoreKind::SecretStore => (SecretStore::api_version(&()), SecretStore::kind(&())),
+        StoreKind::ClusterSecretStore => (
+            ClusterSecretStore::api_version(&()),
+            ClusterSecretStore::kind(&()),
+        ),
+    };
+    ObjectReference {
+        api_version: Some(api_version.to_string()),
+        kind: Some(kind.to_string()),
+        name: Some(store.name.clone()),
+        namespace: store.store_namespace.clone(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lists_by_the_common_path() {
+        assert_eq!(
+            common_path(&names(&["team-a/db", "team-a/api/key"])),
+            "team-a/"
+        );
+        assert_eq!(
+            common_path(&names(&["team-a/db/x", "team-a/db/y"])),
+            "team-a/db/"
+        );
+        assert_eq!(common_path(&names(&["bench-1", "bench-2"])), "");
+        assert_eq!(
+            common_path(&names(&[
+                "a/x",
+                "arn:aws:secretsmanager:r:1:secret:a/y-AbCdEf"
+            ])),
+            ""
+        );
+        assert_eq!(common_path(&names(&["only/one"])), "only/");
+    }
+
+    #[test]
+    fn events_match_names_and_arns() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-a/db-AbCdEf";
+        assert!(names_same_secret(arn, "team-a/db"));
+        assert!(names_same_secret(arn, arn));
+        assert!(names_same_secret("team-a/db", "team-a/db"));
+        assert!(!names_same_secret(arn, "team-a/db2"));
+    }
+}

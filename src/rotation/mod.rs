@@ -1,0 +1,506 @@
+//! Rotation: one version watch per remote secret and store identity, shared by every ExternalSecret that
+//! reads it. The watch knows which VersionId each stage (AWSCURRENT, AWSPREVIOUS, custom labels) points to;
+//! a check (`provider.aws.versionCheck`) that finds a stage moved reads the new values once, in batches, and
+//! wakes exactly the ExternalSecrets that read that stage. Those then build their Secret from the values
+//! kept here, without reading AWS again.
+//!
+//! Values are kept by VersionId, which AWS never reuses for other content, so a kept value is never stale;
+//! only the versions that watched stages or pinned `uuid/` references point to are kept.
+
+mod checks;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::{ExternalSecret, SecretStoreSpec, StoreKind, VersionCheck, VersionCheckStrategy};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::provider::aws::AwsSecretsManager;
+use crate::provider::{Provider, RemoteSecret, SecretProvider, Version};
+use crate::store::{IdentityKey, StoreScope, Stores};
+
+/// Watches of one identity with one check configuration.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    identity: IdentityKey,
+    check: VersionCheck,
+}
+
+/// How a watch reaches AWS: the store of the latest ExternalSecret registered, resolved again before every
+/// check so that sessions are renewed.
+#[derive(Clone)]
+pub struct StoreHandle {
+    pub kind: StoreKind,
+    pub name: String,
+    pub store_namespace: Option<String>,
+    pub requester_namespace: Option<String>,
+    pub spec: SecretStoreSpec,
+}
+
+impl StoreHandle {
+    pub fn scope(&self) -> StoreScope<'_> {
+        StoreScope {
+            kind: self.kind,
+            name: &self.name,
+            store_namespace: self.store_namespace.as_deref(),
+            requester_namespace: self.requester_namespace.as_deref(),
+        }
+    }
+}
+
+/// One remote secret read by one ExternalSecret: as written in the ExternalSecret, the VersionId written,
+/// and the value when it was just read.
+pub struct Read {
+    pub key: String,
+    pub version: Version,
+    pub version_id: String,
+    pub secret: Option<RemoteSecret>,
+}
+
+/// When a new version was noticed, and when AWS says it happened (events only).
+#[derive(Clone, Copy)]
+pub struct Detection {
+    pub at: Instant,
+    pub event_time: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct Watched {
+    /// Stage → VersionId, as last seen.
+    stages: BTreeMap<String, String>,
+    /// Which stages each ExternalSecret reads (empty for pinned versions only).
+    readers: HashMap<ObjectRef<ExternalSecret>, BTreeSet<String>>,
+    /// VersionIds read by pinned (`uuid/`) references.
+    pinned: HashMap<ObjectRef<ExternalSecret>, BTreeSet<String>>,
+    values: HashMap<String, Arc<RemoteSecret>>,
+    detected: HashMap<String, Detection>,
+    /// Reported as gone by the last check: readers were woken once.
+    gone: bool,
+}
+
+impl Watched {
+    fn watched_stages(&self) -> BTreeSet<&String> {
+        self.readers.values().flatten().collect()
+    }
+
+    /// Drops values that no watched stage or pinned reference points to any more.
+    fn prune(&mut self) {
+        let kept: BTreeSet<&String> = self
+            .watched_stages()
+            .into_iter()
+            .filter_map(|stage| self.stages.get(stage))
+            .chain(self.pinned.values().flatten())
+            .collect();
+        let kept: BTreeSet<String> = kept.into_iter().cloned().collect();
+        self.values.retain(|id, _| kept.contains(id));
+        self.detected.retain(|id, _| kept.contains(id));
+    }
+
+    /// Readers of any of `stages`.
+    fn readers_of(&self, stages: &BTreeSet<String>) -> Vec<ObjectRef<ExternalSecret>> {
+        self.readers
+            .iter()
+            .filter(|(_, read)| !read.is_disjoint(stages))
+            .map(|(reader, _)| reader.clone())
+            .collect()
+    }
+}
+
+struct Group {
+    store: StoreHandle,
+    /// By full name or ARN (the store's prefix included).
+    secrets: HashMap<String, Watched>,
+    /// The last check failure reported, so that a failing check is reported once, not every interval.
+    last_error: Option<String>,
+    _tasks: Vec<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Registration {
+    group: GroupKey,
+    prefix: String,
+    reads: Vec<(String, Version, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: HashMap<GroupKey, Group>,
+    registrations: HashMap<ObjectRef<ExternalSecret>, Registration>,
+}
+
+pub struct Watches {
+    stores: Arc<Stores>,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    wake: UnboundedSender<ObjectRef<ExternalSecret>>,
+    state: Mutex<State>,
+}
+
+/// Where an ExternalSecret's reads may come from the kept values.
+pub struct Kept<'a> {
+    watches: &'a Watches,
+    group: GroupKey,
+    prefix: String,
+}
+
+impl Kept<'_> {
+    /// The kept value of `key` at `version`, when the watch knows which VersionId that is and holds it.
+    pub fn get(&self, key: &str, version: &Version) -> Option<RemoteSecret> {
+        let state = self.watches.lock();
+        let watched = state
+            .groups
+            .get(&self.group)?
+            .secrets
+            .get(&format!("{}{key}", self.prefix))?;
+        let id = match version {
+            Version::Stage(stage) => watched.stages.get(stage)?,
+            Version::Id(id) => id,
+        };
+        watched.values.get(id).map(|value| (**value).clone())
+    }
+}
+
+impl Watches {
+    pub fn new(
+        stores: Arc<Stores>,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        wake: UnboundedSender<ObjectRef<ExternalSecret>>,
+    ) -> Self {
+        Watches {
+            stores,
+            metrics,
+            recorder,
+            wake,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("never poisoned")
+    }
+
+    /// The store's version check, `None` when it does not check (strategy `None`).
+    pub fn check_of(spec: &SecretStoreSpec) -> Result<Option<VersionCheck>> {
+        let check = spec
+            .provider
+            .aws
+            .as_ref()
+            .and_then(|aws| aws.version_check.clone())
+            .unwrap_or_default();
+        if check.strategy == VersionCheckStrategy::None {
+            return Ok(None);
+        }
+        match check.interval() {
+            Ok(interval) if interval >= Duration::from_secs(1) => Ok(Some(check)),
+            Ok(_) => Err(Error::InvalidStoreConfig(
+                "versionCheck.interval must be at least 1s".into(),
+            )),
+            Err(err) => Err(Error::InvalidStoreConfig(format!(
+                "versionCheck.interval {:?}: {err}",
+                check.interval.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The kept values that `provider` with `check` can serve.
+    pub fn kept(&self, provider: &AwsSecretsManager, check: &VersionCheck) -> Kept<'_> {
+        Kept {
+            watches: self,
+            group: GroupKey {
+                identity: provider.identity.clone(),
+                check: check.clone(),
+            },
+            prefix: provider.prefix().to_string(),
+        }
+    }
+
+    pub fn is_registered(&self, es: &ObjectRef<ExternalSecret>) -> bool {
+        self.lock().registrations.contains_key(es)
+    }
+
+    /// Whether a stage that the ExternalSecret read has moved on since it was written.
+    pub fn stale(&self, es: &ObjectRef<ExternalSecret>) -> bool {
+        let state = self.lock();
+        let Some(registration) = state.registrations.get(es) else {
+            return false;
+        };
+        let Some(group) = state.groups.get(&registration.group) else {
+            return false;
+        };
+        registration.reads.iter().any(|(key, version, written)| {
+            let Version::Stage(stage) = version else {
+                return false;
+            };
+            let watched = group.secrets.get(&format!("{}{key}", registration.prefix));
+            watched.is_some_and(|w| {
+                w.gone
+                    || w.stages
+                        .get(stage)
+                        .is_some_and(|current| current != written)
+            })
+        })
+    }
+
+    /// When the versions an ExternalSecret just wrote were noticed, for the propagation metrics.
+    pub fn detections(&self, es: &ObjectRef<ExternalSecret>) -> Vec<Detection> {
+        let state = self.lock();
+        let Some(registration) = state.registrations.get(es) else {
+            return Vec::new();
+        };
+        let Some(group) = state.groups.get(&registration.group) else {
+            return Vec::new();
+        };
+        registration
+            .reads
+            .iter()
+            .filter_map(|(key, _, id)| {
+                let watched = group
+                    .secrets
+                    .get(&format!("{}{key}", registration.prefix))?;
+                watched.detected.get(id).copied()
+            })
+            .collect()
+    }
+
+    /// Records what an ExternalSecret read, replacing what it read before, and starts the checks of its
+    /// group if it is the first. A stage seen at a newer version than the watch knew wakes the other
+    /// ExternalSecrets that read it.
+    pub fn register(
+        self: &Arc<Self>,
+        es: ObjectRef<ExternalSecret>,
+        provider: &AwsSecretsManager,
+        check: VersionCheck,
+        store: StoreHandle,
+        reads: Vec<Read>,
+    ) {
+        let key = GroupKey {
+            identity: provider.identity.clone(),
+            check,
+        };
+        let prefix = provider.prefix().to_string();
+        let mut wake = Vec::new();
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            if let Some(old) = state.registrations.remove(&es) {
+                remove_reader(&mut state.groups, &es, &old);
+            }
+            let group = state.groups.entry(key.clone()).or_insert_with(|| Group {
+                store: store.clone(),
+                secrets: HashMap::new(),
+                last_error: None,
+                _tasks: checks::start(self.clone(), key.clone()),
+            });
+            group.store = store;
+            let mut recorded = Vec::with_capacity(reads.len());
+            for read in reads {
+                let watched = group
+                    .secrets
+                    .entry(format!("{prefix}{}", read.key))
+                    .or_default();
+                match &read.version {
+                    Version::Stage(stage) => {
+                        watched
+                            .readers
+                            .entry(es.clone())
+                            .or_default()
+                            .insert(stage.clone());
+                    }
+                    Version::Id(id) => {
+                        watched
+                            .pinned
+                            .entry(es.clone())
+                            .or_default()
+                            .insert(id.clone());
+                        watched.readers.entry(es.clone()).or_default();
+                    }
+                }
+                match read.secret {
+                    // Just read: what AWS said is the truth about its stages.
+                    Some(secret) => {
+                        let mut seen: Vec<String> = secret.stages.clone();
+                        if let Version::Stage(stage) = &read.version {
+                            seen.push(stage.clone());
+                        }
+                        let mut moved = BTreeSet::new();
+                        for stage in seen {
+                            let previous = watched
+                                .stages
+                                .insert(stage.clone(), read.version_id.clone());
+                            if previous.is_some_and(|p| p != read.version_id) {
+                                moved.insert(stage);
+                            }
+                        }
+                        watched.gone = false;
+                        watched
+                            .values
+                            .insert(read.version_id.clone(), Arc::new(secret));
+                        wake.extend(
+                            watched
+                                .readers_of(&moved)
+                                .into_iter()
+                                .filter(|reader| reader != &es),
+                        );
+                    }
+                    // Known from status only (after a restart): a first guess until a check says more.
+                    None => {
+                        if let Version::Stage(stage) = &read.version {
+                            watched
+                                .stages
+                                .entry(stage.clone())
+                                .or_insert_with(|| read.version_id.clone());
+                        }
+                    }
+                }
+                watched.prune();
+                recorded.push((read.key, read.version, read.version_id));
+            }
+            state.registrations.insert(
+                es,
+                Registration {
+                    group: key,
+                    prefix,
+                    reads: recorded,
+                },
+            );
+            self.update_gauge(state);
+        }
+        self.wake_all(wake);
+    }
+
+    /// Stops watching for a deleted ExternalSecret.
+    pub fn forget(&self, es: &ObjectRef<ExternalSecret>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(old) = state.registrations.remove(es) {
+            remove_reader(&mut state.groups, es, &old);
+        }
+        self.update_gauge(state);
+    }
+
+    fn update_gauge(&self, state: &State) {
+        let mut counts: HashMap<VersionCheckStrategy, i64> = HashMap::new();
+        for (key, group) in &state.groups {
+            *counts.entry(key.check.strategy).or_default() += group.secrets.len() as i64;
+        }
+        for strategy in [
+            VersionCheckStrategy::ListSecrets,
+            VersionCheckStrategy::DescribeSecret,
+            VersionCheckStrategy::Events,
+        ] {
+            self.metrics.remote_secrets_watched(
+                strategy_label(strategy),
+                counts.get(&strategy).copied().unwrap_or_default(),
+            );
+        }
+    }
+
+    fn wake_all(&self, mut readers: Vec<ObjectRef<ExternalSecret>>) {
+        readers.sort_by_key(|r| (r.namespace.clone(), r.name.clone()));
+        readers.dedup();
+        for reader in readers {
+            // Only fails when the controller has stopped.
+            let _ = self.wake.unbounded_send(reader);
+        }
+    }
+}
+
+fn remove_reader(
+    groups: &mut HashMap<GroupKey, Group>,
+    es: &ObjectRef<ExternalSecret>,
+    registration: &Registration,
+) {
+    let Some(group) = groups.get_mut(&registration.group) else {
+        return;
+    };
+    for (key, _, _) in &registration.reads {
+        let full = format!("{}{key}", registration.prefix);
+        if let Some(watched) = group.secrets.get_mut(&full) {
+            watched.readers.remove(es);
+            watched.pinned.remove(es);
+            if watched.readers.is_empty() {
+                group.secrets.remove(&full);
+            } else {
+                watched.prune();
+            }
+        }
+    }
+    if group.secrets.is_empty() {
+        // Dropping the group stops its checks.
+        groups.remove(&registration.group);
+    }
+}
+
+pub fn strategy_label(strategy: VersionCheckStrategy) -> &'static str {
+    match strategy {
+        VersionCheckStrategy::ListSecrets => "ListSecrets",
+        VersionCheckStrategy::DescribeSecret => "DescribeSecret",
+        VersionCheckStrategy::Events => "Events",
+        VersionCheckStrategy::None => "None",
+    }
+}
+
+/// A provider that serves kept values first and reads only what is not kept: how an ExternalSecret woken
+/// by a rotation builds its Secret.
+pub struct KeptFirst<'a> {
+    pub provider: &'a Provider,
+    pub kept: Kept<'a>,
+}
+
+impl SecretProvider for KeptFirst<'_> {
+    async fn get_secret(&self, key: &str, version: &Version) -> Result<RemoteSecret> {
+        match self.kept.get(key, version) {
+            Some(secret) => Ok(secret),
+            None => self.provider.get_secret(key, version).await,
+        }
+    }
+
+    async fn get_current_batch(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let current = Version::parse(None);
+        let mut read = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in keys {
+            match self.kept.get(key, &current) {
+                Some(secret) => read.push((key.clone(), Ok(secret))),
+                None => missing.push(key.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            read.extend(self.provider.get_current_batch(&missing).await?);
+        }
+        Ok(read)
+    }
+
+    async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        self.provider.get_tags(key).await
+    }
+
+    async fn list_names(
+        &self,
+        path: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
+        self.provider.list_names(path, tags).await
+    }
+
+    async fn validate(&self) -> Result<String> {
+        self.provider.validate().await
+    }
+}
