@@ -169,7 +169,11 @@ impl Kept<'_> {
             Version::Stage(stage) => watched.stages.get(stage)?,
             Version::Id(id) => id,
         };
-        watched.values.get(id).map(|value| (**value).clone())
+        // The stages it had when read may be out of date; the watch's own map is what counts.
+        watched.values.get(id).map(|value| RemoteSecret {
+            stages: Vec::new(),
+            ..(**value).clone()
+        })
     }
 }
 
@@ -296,9 +300,7 @@ impl Watches {
         {
             let mut state = self.lock();
             let state = &mut *state;
-            if let Some(old) = state.registrations.remove(&es) {
-                remove_reader(&mut state.groups, &es, &old);
-            }
+            let old = state.registrations.remove(&es);
             let group = state.groups.entry(key.clone()).or_insert_with(|| Group {
                 store: store.clone(),
                 secrets: HashMap::new(),
@@ -306,6 +308,17 @@ impl Watches {
                 _tasks: checks::start(self.clone(), key.clone()),
             });
             group.store = store;
+            // What it read before is replaced; the watches themselves (values, detections) stay.
+            let reading: BTreeSet<String> = reads
+                .iter()
+                .map(|read| format!("{prefix}{}", read.key))
+                .collect();
+            for full in &reading {
+                if let Some(watched) = group.secrets.get_mut(full) {
+                    watched.readers.remove(&es);
+                    watched.pinned.remove(&es);
+                }
+            }
             let mut recorded = Vec::with_capacity(reads.len());
             for read in reads {
                 let watched = group
@@ -369,6 +382,14 @@ impl Watches {
                 watched.prune();
                 recorded.push((read.key, read.version, read.version_id));
             }
+            if let Some(old) = old {
+                let still_read = if old.group == key {
+                    reading
+                } else {
+                    BTreeSet::new()
+                };
+                remove_reader(&mut state.groups, &es, &old, &still_read);
+            }
             state.registrations.insert(
                 es,
                 Registration {
@@ -387,7 +408,7 @@ impl Watches {
         let mut state = self.lock();
         let state = &mut *state;
         if let Some(old) = state.registrations.remove(es) {
-            remove_reader(&mut state.groups, es, &old);
+            remove_reader(&mut state.groups, es, &old, &BTreeSet::new());
         }
         self.update_gauge(state);
     }
@@ -419,16 +440,21 @@ impl Watches {
     }
 }
 
+/// Takes an ExternalSecret's marks off the secrets of an old registration, except those in `still_read`.
 fn remove_reader(
     groups: &mut HashMap<GroupKey, Group>,
     es: &ObjectRef<ExternalSecret>,
     registration: &Registration,
+    still_read: &BTreeSet<String>,
 ) {
     let Some(group) = groups.get_mut(&registration.group) else {
         return;
     };
     for (key, _, _) in &registration.reads {
         let full = format!("{}{key}", registration.prefix);
+        if still_read.contains(&full) {
+            continue;
+        }
         if let Some(watched) = group.secrets.get_mut(&full) {
             watched.readers.remove(es);
             watched.pinned.remove(es);

@@ -448,13 +448,17 @@ pub struct Call {
     pub params: HashMap<String, String>,
     /// The secrets a Secrets Manager call names: `SecretId`, or every id of `SecretIdList`.
     pub secret_ids: Vec<String>,
+    /// The whole JSON body (JSON protocol), `Null` otherwise.
+    pub body: serde_json::Value,
 }
 
 impl Call {
     /// Whether the call read `key`'s value (GetSecretValue, or BatchGetSecretValue naming it).
     pub fn reads(&self, key: &str) -> bool {
-        matches!(self.action.as_str(), "GetSecretValue" | "BatchGetSecretValue")
-            && self.secret_ids.iter().any(|id| id == key)
+        matches!(
+            self.action.as_str(),
+            "GetSecretValue" | "BatchGetSecretValue"
+        ) && self.secret_ids.iter().any(|id| id == key)
     }
 }
 
@@ -491,6 +495,7 @@ pub fn recorded_calls() -> Vec<Call> {
                 .chain(json.as_ref().map(|json| &json["SecretId"]))
                 .filter_map(|id| Some(id.as_str()?.to_string()))
                 .collect();
+            let json_body = json.clone().unwrap_or_default();
             let mut params: HashMap<String, String> = match json {
                 Some(serde_json::Value::Object(fields)) => fields
                     .into_iter()
@@ -512,6 +517,7 @@ pub fn recorded_calls() -> Vec<Call> {
                 access_key,
                 params,
                 secret_ids,
+                body: json_body,
             })
         })
         .collect()
