@@ -22,6 +22,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::provider::SecretProvider;
+use crate::rotation::Watches;
 use crate::store::{self, StoreScope};
 
 trait StoreObject:
@@ -158,6 +159,7 @@ fn store_reason(err: &Error) -> &'static str {
 }
 
 async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) -> Result<String> {
+    Watches::check_of(spec)?;
     if store::depends_on_requester(spec, scope.kind) {
         return Ok(
             "the identity depends on each ExternalSecret's namespace (referent credentials or tagged role sessions) and is checked when it syncs"

@@ -1,0 +1,326 @@
+//! `make bench`: numbers, not assertions. On the local stack, with the release operator out of cluster:
+//! N ExternalSecrets (`BENCH_N`, default 1,000) reading N/4 remote secrets, four readers each.
+//!
+//! Prints time to first full sync, AWS calls per quiet hour for each version check strategy, rotation
+//! propagation p50/p99 (ListSecrets and Events), the operator's peak RSS, and moto's own request ceiling
+//! measured in the same run, so that the operator's figures can be read against what moto can serve.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Call, TestContext, aws_config, env_vars, recorded_calls};
+use futures::{StreamExt, stream};
+use kube::api::ListParams;
+use serde_json::{Value, json};
+
+/// Check interval used while measuring; calls per hour are scaled to each strategy's default interval.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const QUIET_WINDOW: Duration = Duration::from_secs(20);
+const ROTATIONS: usize = 20;
+
+fn store(version_check: Value) -> String {
+    json!({
+        "apiVersion": "secretsync.io/v1alpha1", "kind": "SecretStore",
+        "metadata": {"name": "bench"},
+        "spec": {"provider": {"aws": {
+            "service": "SecretsManager", "region": "us-east-1", "versionCheck": version_check,
+        }}},
+    })
+    .to_string()
+}
+
+fn external_secret(name: &str, key: &str) -> String {
+    json!({
+        "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+        "metadata": {"name": name},
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"name": "bench"},
+            "data": [{"secretKey": "value", "remoteRef": {"key": key}}],
+        },
+    })
+    .to_string()
+}
+
+/// Values of every managed Secret, by name.
+async fn synced(t: &TestContext) -> BTreeMap<String, String> {
+    t.secrets()
+        .list(&ListParams::default().labels("secretsync.io/managed=true"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|secret| {
+            let name = secret.metadata.name?;
+            let value = secret.data?.remove("value")?;
+            Some((name, String::from_utf8(value.0).ok()?))
+        })
+        .collect()
+}
+
+/// Waits until the operator has made no AWS call for `quiet`, so that a measurement starts from rest.
+async fn settle(quiet: Duration) {
+    let recording = || {
+        std::fs::metadata(&env_vars()["MOTO_RECORDING"])
+            .map(|m| m.len())
+            .unwrap_or_default()
+    };
+    let mut last = recording();
+    let mut since = Instant::now();
+    while since.elapsed() < quiet {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = recording();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let remotes = n.div_ceil(4);
+    let t = TestContext::new("bench").await;
+    println!(
+        "secretsync bench: {n} ExternalSecrets, {remotes} remote secrets (4 readers each), namespace {}",
+        t.namespace
+    );
+
+    let moto_ceiling = moto_ceiling(&t).await;
+
+    let mut keys = Vec::with_capacity(remotes);
+    for i in 0..remotes {
+        keys.push(
+            t.create_remote(&format!("s{i:05}"), &format!("v0-{i}"))
+                .await,
+        );
+    }
+    t.apply_yaml(&store(json!({"strategy": "ListSecrets", "interval": "5s"})))
+        .await;
+    for i in 0..n {
+        t.apply_yaml(&external_secret(&format!("es{i:05}"), &keys[i % remotes]))
+            .await;
+    }
+
+    // Time to first full sync: operator start to every Secret written.
+    let started = Instant::now();
+    let operator = t.start_operator();
+    loop {
+        if synced(&t).await.len() == n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "first sync did not finish in 15 min"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first_sync = started.elapsed();
+    settle(Duration::from_secs(3)).await;
+
+    // Quiet hours: what each strategy costs with nothing changing, counted over a window and scaled.
+    let sqs = aws_sdk_sqs::Client::new(&aws_config().await);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(&t.namespace)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let strategies = [
+        (
+            "ListSecrets",
+            json!({"strategy": "ListSecrets", "interval": "5s"}),
+            60.0,
+        ),
+        (
+            "DescribeSecret",
+            json!({"strategy": "DescribeSecret", "interval": "5s"}),
+            60.0,
+        ),
+        (
+            "Events",
+            json!({"strategy": "Events", "interval": "5s", "events": {"queueURL": queue_url}}),
+            600.0,
+        ),
+        ("None", json!({"strategy": "None"}), 60.0),
+    ];
+    let mut quiet_rows = Vec::new();
+    for (name, check, default_interval) in &strategies {
+        t.apply_yaml(&store(check.clone())).await;
+        // A store change re-syncs every ExternalSecret that uses it.
+        settle(Duration::from_secs(4)).await;
+        let start = recorded_calls().len();
+        tokio::time::sleep(QUIET_WINDOW).await;
+        let window: Vec<Call> = recorded_calls().into_iter().skip(start).collect();
+        let checks_per_window = QUIET_WINDOW.as_secs_f64() / CHECK_INTERVAL.as_secs_f64();
+        let count = |action: &str| window.iter().filter(|c| c.action == action).count() as f64;
+        let per_check = count("ListSecrets") + count("DescribeSecret");
+        let receives_per_hour = count("ReceiveMessage") * 3600.0 / QUIET_WINDOW.as_secs_f64();
+        let value_reads = count("GetSecretValue") + count("BatchGetSecretValue");
+        let checks_per_hour = per_check / checks_per_window * 3600.0 / default_interval;
+        quiet_rows.push((
+            *name,
+            per_check / checks_per_window,
+            checks_per_hour,
+            receives_per_hour,
+            value_reads,
+        ));
+    }
+    t.apply_yaml(&store(json!({"strategy": "ListSecrets", "interval": "5s"})))
+        .await;
+    settle(Duration::from_secs(4)).await;
+
+    // Propagation: a PutSecretValue until all four readers' Secrets hold the new value.
+    let list_secrets = propagation(&t, &keys, remotes, "p", None).await;
+    t.apply_yaml(&store(
+        json!({"strategy": "Events", "interval": "10m", "events": {"queueURL": queue_url}}),
+    ))
+    .await;
+    settle(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = propagation(&t, &keys, remotes, "e", Some((&sqs, &queue_url))).await;
+    let peak_rss = operator.peak_rss_kib();
+
+    println!();
+    println!(
+        "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s)",
+        first_sync.as_secs_f64(),
+        n as f64 / first_sync.as_secs_f64()
+    );
+    println!(
+        "operator peak RSS:          {:.1} MiB",
+        peak_rss as f64 / 1024.0
+    );
+    println!("moto ceiling (this run):    {moto_ceiling:.0} DescribeSecret/s with 16 clients");
+    println!();
+    println!(
+        "quiet hour, {remotes} remote secrets, default check interval (1m; Events: 10m full check):"
+    );
+    println!(
+        "  strategy        calls/check  check calls/h  SQS receives/h  value reads in {}s window",
+        QUIET_WINDOW.as_secs()
+    );
+    for (name, per_check, per_hour, receives, reads) in &quiet_rows {
+        println!("  {name:<15} {per_check:>11.1} {per_hour:>14.0} {receives:>15.0} {reads:>10.0}");
+    }
+    println!(
+        "  (every strategy adds the hourly full refresh: {n} ExternalSecrets x 1 batched read each; External Secrets Operator: {n} GetSecretValue/h and no checks)"
+    );
+    println!();
+    for (name, mut samples) in [
+        ("ListSecrets every 5s", list_secrets),
+        ("Events (SQS)", events),
+    ] {
+        samples.sort();
+        println!(
+            "rotation propagation, {name}: p50 {:.2} s, p99 {:.2} s, max {:.2} s over {} rotations",
+            percentile(&samples, 0.5).as_secs_f64(),
+            percentile(&samples, 0.99).as_secs_f64(),
+            samples.last().unwrap().as_secs_f64(),
+            samples.len()
+        );
+    }
+    drop(operator);
+}
+
+/// Rotates `ROTATIONS` secrets one after the other and measures each until its readers are rewritten.
+async fn propagation(
+    t: &TestContext,
+    keys: &[String],
+    remotes: usize,
+    tag: &str,
+    queue: Option<(&aws_sdk_sqs::Client, &str)>,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(ROTATIONS);
+    for r in 0..ROTATIONS {
+        let index = (r * 37) % remotes;
+        let key = &keys[index];
+        let value = format!("{tag}{r}-{index}");
+        let readers: Vec<String> = (0..4)
+            .map(|k| index + k * remotes)
+            .map(|i| format!("es{i:05}"))
+            .collect();
+        t.put_remote(key, &value).await;
+        let started = Instant::now();
+        if let Some((sqs, url)) = queue {
+            let event = json!({
+                "source": "aws.secretsmanager", "detail-type": "Secret Label Updated",
+                "time": k8s_openapi::jiff::Timestamp::now().to_string(),
+                "resources": [], "detail": {"secretId": key},
+            });
+            sqs.send_message()
+                .queue_url(url)
+                .message_body(event.to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+        loop {
+            let mut done = true;
+            for reader in &readers {
+                if t.secret_data(reader)
+                    .await
+                    .and_then(|d| d.get("value").cloned())
+                    != Some(value.clone())
+                {
+                    done = false;
+                    break;
+                }
+            }
+            if done {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "rotation {r} did not propagate"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// moto's own limit: DescribeSecret requests per second from 16 concurrent clients for 5 s.
+async fn moto_ceiling(t: &TestContext) -> f64 {
+    let key = t.create_remote("ceiling", "x").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let started = Instant::now();
+    let done: usize = stream::iter(0..16)
+        .map(|_| {
+            let client = t.secrets_manager.clone();
+            let key = key.clone();
+            async move {
+                let mut count = 0;
+                while Instant::now() < deadline {
+                    client
+                        .describe_secret()
+                        .secret_id(&key)
+                        .send()
+                        .await
+                        .unwrap();
+                    count += 1;
+                }
+                count
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<usize>>()
+        .await
+        .into_iter()
+        .sum();
+    done as f64 / started.elapsed().as_secs_f64()
+}
