@@ -14,23 +14,12 @@ use std::time::{Duration, Instant};
 use common::{Call, TestContext, aws_config, env_vars, recorded_calls};
 use futures::{StreamExt, stream};
 use kube::api::ListParams;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Check interval used while measuring; calls per hour are scaled to each strategy's default interval.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const QUIET_WINDOW: Duration = Duration::from_secs(20);
 const ROTATIONS: usize = 20;
-
-fn store(version_check: Value) -> String {
-    json!({
-        "apiVersion": "secretsync.io/v1alpha1", "kind": "SecretStore",
-        "metadata": {"name": "bench"},
-        "spec": {"provider": {"aws": {
-            "service": "SecretsManager", "region": "us-east-1", "versionCheck": version_check,
-        }}},
-    })
-    .to_string()
-}
 
 fn external_secret(name: &str, key: &str) -> String {
     json!({
@@ -106,8 +95,11 @@ async fn main() {
                 .await,
         );
     }
-    t.apply_yaml(&store(json!({"strategy": "ListSecrets", "interval": "5s"})))
-        .await;
+    t.store_with_check(
+        "bench",
+        json!({"strategy": "ListSecrets", "interval": "5s"}),
+    )
+    .await;
     for i in 0..n {
         t.apply_yaml(&external_secret(&format!("es{i:05}"), &keys[i % remotes]))
             .await;
@@ -159,7 +151,7 @@ async fn main() {
     ];
     let mut quiet_rows = Vec::new();
     for (name, check, default_interval) in &strategies {
-        t.apply_yaml(&store(check.clone())).await;
+        t.store_with_check("bench", check.clone()).await;
         // A store change re-syncs every ExternalSecret that uses it.
         settle(Duration::from_secs(4)).await;
         let start = recorded_calls().len();
@@ -179,15 +171,19 @@ async fn main() {
             value_reads,
         ));
     }
-    t.apply_yaml(&store(json!({"strategy": "ListSecrets", "interval": "5s"})))
-        .await;
+    t.store_with_check(
+        "bench",
+        json!({"strategy": "ListSecrets", "interval": "5s"}),
+    )
+    .await;
     settle(Duration::from_secs(4)).await;
 
     // Propagation: a PutSecretValue until all four readers' Secrets hold the new value.
     let list_secrets = propagation(&t, &keys, remotes, "p", None).await;
-    t.apply_yaml(&store(
+    t.store_with_check(
+        "bench",
         json!({"strategy": "Events", "interval": "10m", "events": {"queueURL": queue_url}}),
-    ))
+    )
     .await;
     settle(Duration::from_secs(4)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

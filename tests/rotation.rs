@@ -13,19 +13,7 @@ use common::{
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use serde_json::{Value, json};
-
-fn store(name: &str, version_check: Value) -> String {
-    json!({
-        "apiVersion": "secretsync.io/v1alpha1",
-        "kind": "SecretStore",
-        "metadata": {"name": name},
-        "spec": {"provider": {"aws": {
-            "service": "SecretsManager", "region": "us-east-1", "versionCheck": version_check,
-        }}},
-    })
-    .to_string()
-}
+use serde_json::json;
 
 fn external_secret(name: &str, store: &str, key: &str, version: Option<&str>) -> String {
     let mut remote_ref = json!({"key": key});
@@ -111,11 +99,8 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
                 .await,
         );
     }
-    t.apply_yaml(&store(
-        "aws",
-        json!({"strategy": "ListSecrets", "interval": "2s"}),
-    ))
-    .await;
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "2s"}))
+        .await;
     let operator = t.start_operator();
     for i in 0..200 {
         t.apply_yaml(&external_secret(
@@ -220,10 +205,10 @@ async fn an_event_on_the_queue_propagates_within_two_seconds() {
         .queue_url
         .unwrap();
     let key = t.create_remote("db", "v1").await;
-    t.apply_yaml(&store(
+    t.store_with_check(
         "events",
         json!({"strategy": "Events", "interval": "10m", "events": {"queueURL": queue_url}}),
-    ))
+    )
     .await;
     let operator = t.start_operator();
     t.apply_yaml(&external_secret("app", "events", &key, None))
@@ -280,10 +265,10 @@ async fn previous_and_pinned_versions_are_not_disturbed() {
     let key = t.create_remote("db", "v1").await;
     let v1 = version_stages(&t, &key).await["AWSCURRENT"].clone();
     let v2 = t.put_remote(&key, "v2").await;
-    t.apply_yaml(&store(
+    t.store_with_check(
         "aws",
         json!({"strategy": "DescribeSecret", "interval": "1s"}),
-    ))
+    )
     .await;
     let _operator = t.start_operator();
     t.apply_yaml(&external_secret("current", "aws", &key, None))
@@ -368,11 +353,8 @@ async fn restarted_at(t: &TestContext, name: &str) -> Option<String> {
 async fn an_annotated_deployment_restarts_once_per_change() {
     let t = TestContext::new("restart").await;
     let key = t.create_remote("db", "v1").await;
-    t.apply_yaml(&store(
-        "aws",
-        json!({"strategy": "ListSecrets", "interval": "1s"}),
-    ))
-    .await;
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
+        .await;
     t.apply_yaml(&deployment("web", "app", false, "app")).await;
     t.apply_yaml(&deployment("held", "true", true, "app")).await;
     t.apply_yaml(&deployment("unrelated", "other-secret", false, "app"))

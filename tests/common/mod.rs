@@ -223,6 +223,19 @@ impl TestContext {
     }
 
     /// A SecretStore using the operator's own credentials (the test env's admin keys).
+    pub async fn store_with_check(&self, name: &str, version_check: serde_json::Value) {
+        let manifest = json!({
+            "apiVersion": "secretsync.io/v1alpha1",
+            "kind": "SecretStore",
+            "metadata": {"name": name},
+            "spec": {"provider": {"aws": {
+                "service": "SecretsManager", "region": "us-east-1", "versionCheck": version_check,
+            }}},
+        });
+        self.apply_yaml(&manifest.to_string()).await
+    }
+
+    /// A SecretStore using the operator's own credentials (the test env's admin keys).
     pub async fn default_store(&self, name: &str) {
         self.apply_yaml(&format!(
             "apiVersion: secretsync.io/v1alpha1\nkind: SecretStore\nmetadata: {{name: {name}}}\n\

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, SecretValueEntry, Tag};
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+use aws_sdk_secretsmanager::types::{
+    Filter, FilterNameStringType, SecretListEntry, SecretValueEntry, Tag,
+};
 
 use super::{RemoteSecret, RemoteValue, SecretProvider, Version};
 use crate::error::{Error, Result};
@@ -78,38 +81,47 @@ impl AwsSecretsManager {
     /// The stages of every secret whose name starts with `name_prefix` (all secrets when empty), 100 per
     /// call, without reading a value. Secrets scheduled for deletion are left out.
     pub async fn list_versions(&self, name_prefix: &str) -> Result<Vec<Versions>> {
-        let filters = (!name_prefix.is_empty())
-            .then(|| vec![filter(FilterNameStringType::Name, name_prefix.to_string())]);
+        let mut filters = Vec::new();
+        if !name_prefix.is_empty() {
+            filters.push(filter(FilterNameStringType::Name, name_prefix.to_string()));
+        }
+        let listed = self.list(filters).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|entry| {
+                Some(Versions {
+                    name: entry.name()?.to_string(),
+                    arn: entry.arn().map(str::to_string),
+                    stages: by_stage(entry.secret_versions_to_stages()),
+                })
+            })
+            .collect())
+    }
+
+    /// Every page of a ListSecrets (100 per call).
+    async fn list(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>> {
         let mut listed = Vec::new();
         let mut next_token = None;
         loop {
             let result = self
                 .secrets
                 .list_secrets()
-                .set_filters(filters.clone())
+                .set_filters(Some(filters.clone()))
                 .set_next_token(next_token)
                 .max_results(100)
                 .send()
                 .await;
             self.record("ListSecrets", &result);
             let page = result.map_err(|err| classify("ListSecrets", None, err))?;
-            for entry in page.secret_list() {
-                let Some(name) = entry.name() else { continue };
-                listed.push(Versions {
-                    name: name.to_string(),
-                    arn: entry.arn().map(str::to_string),
-                    stages: by_stage(entry.secret_versions_to_stages()),
-                });
-            }
+            listed.extend(page.secret_list);
             next_token = page.next_token;
             if next_token.is_none() {
-                return Ok(listed);
+                return Ok(listed.into_iter().flatten().collect());
             }
         }
     }
 
-    /// The stages of one secret, always current (DescribeSecret reads no value).
-    pub async fn describe_versions(&self, key: &str) -> Result<Versions> {
+    async fn describe(&self, key: &str) -> Result<DescribeSecretOutput> {
         let result = self
             .secrets
             .describe_secret()
@@ -117,7 +129,12 @@ impl AwsSecretsManager {
             .send()
             .await;
         self.record("DescribeSecret", &result);
-        let output = result.map_err(|err| classify("DescribeSecret", Some(key), err))?;
+        result.map_err(|err| classify("DescribeSecret", Some(key), err))
+    }
+
+    /// The stages of one secret, always current (DescribeSecret reads no value).
+    pub async fn describe_versions(&self, key: &str) -> Result<Versions> {
+        let output = self.describe(key).await?;
         Ok(Versions {
             name: output.name().unwrap_or(key).to_string(),
             arn: output.arn().map(str::to_string),
@@ -250,15 +267,7 @@ impl SecretProvider for AwsSecretsManager {
     }
 
     async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
-        let result = self
-            .secrets
-            .describe_secret()
-            .secret_id(format!("{}{key}", self.prefix))
-            .send()
-            .await;
-        self.record("DescribeSecret", &result);
-        let output = result.map_err(|err| classify("DescribeSecret", Some(key), err))?;
-        Ok(tag_map(output.tags()))
+        Ok(tag_map(self.describe(key).await?.tags()))
     }
 
     async fn list_names(
@@ -277,32 +286,15 @@ impl SecretProvider for AwsSecretsManager {
             filters.push(filter(FilterNameStringType::TagValue, value.clone()));
         }
         let mut names = Vec::new();
-        let mut next_token = None;
-        loop {
-            let result = self
-                .secrets
-                .list_secrets()
-                .set_filters(Some(filters.clone()))
-                .set_next_token(next_token)
-                .max_results(100)
-                .send()
-                .await;
-            self.record("ListSecrets", &result);
-            let page = result.map_err(|err| classify("ListSecrets", None, err))?;
-            for entry in page.secret_list() {
-                let secret_tags = tag_map(entry.tags());
-                let tagged = tags.iter().all(|(k, v)| secret_tags.get(k) == Some(v));
-                // The name filter matches words anywhere in the name; only a true prefix counts.
-                let name = entry
-                    .name()
-                    .and_then(|n| n.strip_prefix(&name_prefix).map(|_| n));
-                if let (true, Some(name)) = (tagged, name) {
-                    names.push(name[self.prefix.len()..].to_string());
-                }
-            }
-            next_token = page.next_token;
-            if next_token.is_none() {
-                break;
+        for entry in self.list(filters).await? {
+            let secret_tags = tag_map(entry.tags());
+            let tagged = tags.iter().all(|(k, v)| secret_tags.get(k) == Some(v));
+            // The name filter matches words anywhere in the name; only a true prefix counts.
+            let name = entry
+                .name()
+                .and_then(|n| n.strip_prefix(&name_prefix).map(|_| n));
+            if let (true, Some(name)) = (tagged, name) {
+                names.push(name[self.prefix.len()..].to_string());
             }
         }
         Ok(names)
