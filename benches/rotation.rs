@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Call, TestContext, aws_config, env_vars, recorded_calls};
+use common::{Call, TestContext, env_vars, recorded_calls};
 use futures::{StreamExt, stream};
 use kube::api::ListParams;
 use serde_json::json;
@@ -122,15 +122,7 @@ async fn main() {
     settle(Duration::from_secs(3)).await;
 
     // Quiet hours: what each strategy costs with nothing changing, counted over a window and scaled.
-    let sqs = aws_sdk_sqs::Client::new(&aws_config().await);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(&t.namespace)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (sqs, queue_url) = t.create_queue().await;
     let strategies = [
         (
             "ListSecrets",

@@ -7,9 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{
-    Call, Operator, TIMEOUT, TestContext, aws_config, recorded_calls, value_reads, wait_for,
-};
+use common::{Call, Operator, TIMEOUT, TestContext, recorded_calls, value_reads, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -195,15 +193,7 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
 #[tokio::test]
 async fn an_event_on_the_queue_propagates_within_two_seconds() {
     let t = TestContext::new("events").await;
-    let sqs = aws_sdk_sqs::Client::new(&aws_config().await);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(&t.namespace)
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (sqs, queue_url) = t.create_queue().await;
     let key = t.create_remote("db", "v1").await;
     t.store_with_check(
         "events",

@@ -222,6 +222,20 @@ impl TestContext {
         .unwrap_or_else(|err| panic!("apply {kind}/{name}: {err}"));
     }
 
+    /// An SQS queue named after the test's namespace, and a client for it: (client, queue URL).
+    pub async fn create_queue(&self) -> (aws_sdk_sqs::Client, String) {
+        let sqs = aws_sdk_sqs::Client::new(&aws_config().await);
+        let url = sqs
+            .create_queue()
+            .queue_name(&self.namespace)
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url
+            .expect("QueueUrl");
+        (sqs, url)
+    }
+
     /// A SecretStore using the operator's own credentials (the test env's admin keys).
     pub async fn store_with_check(&self, name: &str, version_check: serde_json::Value) {
         let manifest = json!({
