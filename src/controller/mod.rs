@@ -5,7 +5,7 @@ mod external_secret;
 mod restart;
 mod secret_store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
@@ -50,6 +50,8 @@ pub struct Context {
     /// Each ExternalSecret's last successful sync by this process. Status says the same, but the watch cache
     /// can lag behind our own status write, and a refresh that changed nothing writes no status.
     last_sync: Mutex<HashMap<String, LastSync>>,
+    /// Per ExternalSecret, the workloads (`Kind/name`) whose restart for a change failed.
+    pending_restarts: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Context {
@@ -83,6 +85,7 @@ impl Context {
             backoff: Backoff::default(),
             store_refresh,
             last_sync: Mutex::default(),
+            pending_restarts: Mutex::default(),
         }
     }
 
@@ -103,6 +106,28 @@ impl Context {
             .expect("never poisoned")
             .get(key)
             .cloned()
+    }
+
+    fn pending_restarts(&self, key: &str) -> Option<BTreeSet<String>> {
+        self.pending_restarts
+            .lock()
+            .expect("never poisoned")
+            .get(key)
+            .cloned()
+    }
+
+    fn restarts_pending(&self, key: String, failed: BTreeSet<String>) {
+        self.pending_restarts
+            .lock()
+            .expect("never poisoned")
+            .insert(key, failed);
+    }
+
+    fn restarts_done(&self, key: &str) {
+        self.pending_restarts
+            .lock()
+            .expect("never poisoned")
+            .remove(key);
     }
 
     fn forget_sync(&self, key: &str) {

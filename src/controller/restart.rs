@@ -3,6 +3,8 @@
 //! `kubectl rollout restart` does.
 
 use k8s_openapi::NamespaceResourceScope;
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::jiff::Timestamp;
@@ -13,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Context, publish};
 use crate::api::ExternalSecret;
-use crate::error::Result;
+use crate::error::Error;
 use crate::target::FIELD_MANAGER;
 
 pub const RESTART_ANNOTATION: &str = "secretsync.io/restart-on-change";
@@ -58,32 +60,30 @@ impl Workload for DaemonSet {
     }
 }
 
-/// Restarts every annotated workload in the namespace that uses `secret`. Each one is attempted; the first
-/// failure is returned after all were tried.
+/// What a round of restarts did.
+#[derive(Default)]
+pub struct Restarts {
+    pub restarted: usize,
+    /// `Kind/name` of each workload whose restart failed (`Kind/*` when the kind could not be listed), to
+    /// be tried again, and only those: a workload is restarted once per change.
+    pub failed: BTreeSet<String>,
+    pub error: Option<Error>,
+}
+
+/// Restarts every annotated workload in the namespace that uses `secret` (or, with `only`, those of them
+/// named there). Each one is attempted, whatever happened to the others.
 pub async fn restart_users(
     ctx: &Context,
     es: &ExternalSecret,
     namespace: &str,
     secret: &str,
-) -> Result<usize> {
-    let mut restarted = 0;
-    let mut first_error = None;
-    for result in [
-        restart_kind::<Deployment>(ctx, es, namespace, secret).await,
-        restart_kind::<StatefulSet>(ctx, es, namespace, secret).await,
-        restart_kind::<DaemonSet>(ctx, es, namespace, secret).await,
-    ] {
-        match result {
-            Ok(count) => restarted += count,
-            Err(err) => {
-                first_error.get_or_insert(err);
-            }
-        }
-    }
-    match first_error {
-        Some(err) => Err(err),
-        None => Ok(restarted),
-    }
+    only: Option<&BTreeSet<String>>,
+) -> Restarts {
+    let mut restarts = Restarts::default();
+    restart_kind::<Deployment>(ctx, es, namespace, secret, only, &mut restarts).await;
+    restart_kind::<StatefulSet>(ctx, es, namespace, secret, only, &mut restarts).await;
+    restart_kind::<DaemonSet>(ctx, es, namespace, secret, only, &mut restarts).await;
+    restarts
 }
 
 async fn restart_kind<W: Workload>(
@@ -91,19 +91,34 @@ async fn restart_kind<W: Workload>(
     es: &ExternalSecret,
     namespace: &str,
     secret: &str,
-) -> Result<usize> {
-    let api: Api<W> = Api::namespaced(ctx.client.clone(), namespace);
+    only: Option<&BTreeSet<String>>,
+    restarts: &mut Restarts,
+) {
     let kind = W::kind(&()).to_string();
-    let mut restarted = 0;
-    let mut first_error = None;
-    for workload in api.list(&ListParams::default()).await? {
+    let every = format!("{kind}/*");
+    let wanted_here = |name: &str| {
+        only.is_none_or(|only| only.contains(&every) || only.contains(&format!("{kind}/{name}")))
+    };
+    if only.is_some_and(|only| !only.iter().any(|w| w.starts_with(&format!("{kind}/")))) {
+        return;
+    }
+    let api: Api<W> = Api::namespaced(ctx.client.clone(), namespace);
+    let workloads = match api.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(err) => {
+            restarts.failed.insert(every);
+            restarts.error.get_or_insert(err.into());
+            return;
+        }
+    };
+    for workload in workloads {
         let Some(wanted) = workload.annotations().get(RESTART_ANNOTATION) else {
             continue;
         };
-        if !restarts_for(wanted, workload.pod_spec(), secret) {
+        let name = workload.name_any();
+        if !wanted_here(&name) || !restarts_for(wanted, workload.pod_spec(), secret) {
             continue;
         }
-        let name = workload.name_any();
         if workload.paused() {
             ctx.metrics.restart(&kind, "paused");
             let note = format!(
@@ -140,7 +155,7 @@ async fn restart_kind<W: Workload>(
         };
         match api.patch(&name, &params, &Patch::Merge(&patch)).await {
             Ok(_) => {
-                restarted += 1;
+                restarts.restarted += 1;
                 ctx.metrics.restart(&kind, "restarted");
                 publish(
                     ctx,
@@ -167,13 +182,10 @@ async fn restart_kind<W: Workload>(
             Err(err) => {
                 ctx.metrics.restart(&kind, "failed");
                 tracing::warn!(%kind, workload = %name, error = %err, "could not restart workload");
-                first_error.get_or_insert(err);
+                restarts.failed.insert(format!("{kind}/{name}"));
+                restarts.error.get_or_insert(err.into());
             }
         }
-    }
-    match first_error {
-        Some(err) => Err(err.into()),
-        None => Ok(restarted),
     }
 }
 

@@ -3,7 +3,7 @@
 mod status;
 mod template_sources;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ use template_sources::template_sources;
 const CONTROLLER: &str = "externalsecret";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
 const PERMANENT_RETRY: Duration = Duration::from_secs(300);
+/// Workload restarts that failed are tried again this often.
+const RESTART_RETRY: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let client = ctx.client.clone();
@@ -72,6 +74,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             if let Ok(watcher::Event::Delete(es)) = event {
                 metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
                 forget.forget_sync(&key(es));
+                forget.restarts_done(&key(es));
                 forget.watches.forget(&ObjectRef::from_obj(es));
             }
         })
@@ -200,6 +203,9 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
         }
     };
     ctx.backoff.reset(&key(&es));
+    if ctx.pending_restarts(&key(&es)).is_some() {
+        return Ok(Action::requeue(RESTART_RETRY));
+    }
     action
 }
 
@@ -248,6 +254,9 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     };
     if creation == CreationPolicy::Merge && existing.is_none() {
         return Err(Error::SecretMissing(es.target_name().to_string()));
+    }
+    if let Some(failed) = ctx.pending_restarts(&key(es)) {
+        restart_workloads(es, ctx, namespace, Some(&failed), &[]).await;
     }
     let es_ref = ObjectRef::from_obj(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
@@ -332,24 +341,47 @@ async fn propagate(
         Vec::new()
     };
     observe_propagation(ctx, &detections, "secret_written");
-    match restart::restart_users(ctx, es, namespace, es.target_name()).await {
-        Ok(0) => {}
-        Ok(_) => observe_propagation(ctx, &detections, "restart_triggered"),
-        Err(err) => {
-            publish(
-                ctx,
-                es,
-                EventType::Warning,
-                "Restart",
-                "RestartFailed",
-                format!(
-                    "could not restart the workloads using Secret {:?}: {err}",
-                    es.target_name()
-                ),
-            )
-            .await;
-        }
+    restart_workloads(es, ctx, namespace, None, &detections).await;
+}
+
+/// Restarts the workloads using the Secret (with `only`, those whose restart failed before). Failures
+/// are remembered and tried again every `RESTART_RETRY`, so that a change is never left without its
+/// restart.
+async fn restart_workloads(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    only: Option<&BTreeSet<String>>,
+    detections: &[Detection],
+) {
+    let restarts = restart::restart_users(ctx, es, namespace, es.target_name(), only).await;
+    if restarts.restarted > 0 {
+        observe_propagation(ctx, detections, "restart_triggered");
     }
+    let Some(err) = restarts.error else {
+        ctx.restarts_done(&key(es));
+        return;
+    };
+    publish(
+        ctx,
+        es,
+        EventType::Warning,
+        "Restart",
+        "RestartFailed",
+        format!(
+            "could not restart {} using Secret {:?} (tried again in {}s): {err}",
+            restarts
+                .failed
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            es.target_name(),
+            RESTART_RETRY.as_secs()
+        ),
+    )
+    .await;
+    ctx.restarts_pending(key(es), restarts.failed);
 }
 
 fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {
