@@ -530,3 +530,191 @@ impl SecretProvider for KeptFirst<'_> {
         self.provider.validate().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::RemoteValue;
+    use futures::StreamExt;
+    use futures::channel::mpsc::{UnboundedReceiver, unbounded};
+    use kube::runtime::events::Reporter;
+
+    fn watches() -> (
+        Arc<Watches>,
+        UnboundedReceiver<ObjectRef<ExternalSecret>>,
+        AwsSecretsManager,
+    ) {
+        // Nothing here reaches the API server or AWS: checks run only after an interval.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let metrics = Arc::new(Metrics::default());
+        let stores = Arc::new(Stores::new(client.clone(), aws.clone(), metrics.clone()));
+        let recorder = Recorder::new(client, Reporter::from("test"));
+        let (wake, woken) = unbounded();
+        let watches = Arc::new(Watches::new(stores, metrics.clone(), recorder, wake));
+        let provider = AwsSecretsManager::new(
+            &aws,
+            Some("app/"),
+            IdentityKey::operator("eu-west-1"),
+            metrics,
+        );
+        (watches, woken, provider)
+    }
+
+    fn store() -> StoreHandle {
+        StoreHandle {
+            kind: StoreKind::SecretStore,
+            name: "aws".into(),
+            store_namespace: Some("ns".into()),
+            requester_namespace: Some("ns".into()),
+            spec: serde_json::from_value(
+                serde_json::json!({"provider": {"aws": {"service": "SecretsManager"}}}),
+            )
+            .unwrap(),
+        }
+    }
+
+    fn es(name: &str) -> ObjectRef<ExternalSecret> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    fn read(version: Version, id: &str, stages: &[&str], value: &str) -> Read {
+        Read {
+            key: "db".into(),
+            version,
+            version_id: id.into(),
+            secret: Some(RemoteSecret {
+                version_id: Some(id.into()),
+                stages: stages.iter().map(|s| s.to_string()).collect(),
+                value: RemoteValue::Text(value.into()),
+            }),
+        }
+    }
+
+    fn text(secret: Option<RemoteSecret>) -> Option<String> {
+        match secret?.value {
+            RemoteValue::Text(text) => Some(text),
+            RemoteValue::Binary(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_read_by_one_reader_wakes_the_others() {
+        let (watches, mut woken, provider) = watches();
+        let check = VersionCheck::default();
+        let current = || Version::parse(None);
+        watches.register(
+            es("a"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(current(), "v1", &["AWSCURRENT"], "one")],
+        );
+        watches.register(
+            es("b"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(current(), "v2", &["AWSCURRENT"], "two")],
+        );
+
+        assert_eq!(woken.next().await, Some(es("a")));
+        assert!(watches.stale(&es("a")));
+        assert!(!watches.stale(&es("b")));
+        let kept = watches.kept(&provider, &check);
+        assert_eq!(text(kept.get("db", &current())).as_deref(), Some("two"));
+        assert!(
+            kept.get("db", &Version::Id("v1".into())).is_none(),
+            "v1 is read by nobody"
+        );
+        assert_eq!(
+            kept.get("db", &current()).unwrap().stages,
+            Vec::<String>::new(),
+            "kept values do not claim stages"
+        );
+
+        watches.register(
+            es("a"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(current(), "v2", &["AWSCURRENT"], "two")],
+        );
+        assert!(!watches.stale(&es("a")));
+        watches.forget(&es("a"));
+        watches.forget(&es("b"));
+        assert!(
+            watches.lock().groups.is_empty(),
+            "the last reader gone stops the checks"
+        );
+    }
+
+    #[tokio::test]
+    async fn pinned_versions_are_kept_while_read_and_never_stale() {
+        let (watches, _woken, provider) = watches();
+        let check = VersionCheck::default();
+        let pinned = Version::Id("v1".into());
+        watches.register(
+            es("pinned"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(pinned.clone(), "v1", &["AWSPREVIOUS"], "one")],
+        );
+        watches.register(
+            es("current"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(Version::parse(None), "v2", &["AWSCURRENT"], "two")],
+        );
+        let kept = watches.kept(&provider, &check);
+        assert_eq!(text(kept.get("db", &pinned)).as_deref(), Some("one"));
+        assert_eq!(
+            text(kept.get("db", &Version::Stage("AWSPREVIOUS".into()))).as_deref(),
+            Some("one")
+        );
+        assert!(!watches.stale(&es("pinned")));
+
+        watches.forget(&es("pinned"));
+        let kept = watches.kept(&provider, &check);
+        assert!(
+            kept.get("db", &pinned).is_none(),
+            "dropped once nobody reads it"
+        );
+        assert_eq!(
+            text(kept.get("db", &Version::parse(None))).as_deref(),
+            Some("two")
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_status_is_a_first_guess() {
+        let (watches, _woken, provider) = watches();
+        let from_status = Read {
+            key: "db".into(),
+            version: Version::parse(None),
+            version_id: "v1".into(),
+            secret: None,
+        };
+        watches.register(
+            es("a"),
+            &provider,
+            VersionCheck::default(),
+            store(),
+            vec![from_status],
+        );
+        assert!(watches.is_registered(&es("a")));
+        assert!(!watches.stale(&es("a")));
+        assert!(
+            watches
+                .kept(&provider, &VersionCheck::default())
+                .get("db", &Version::parse(None))
+                .is_none()
+        );
+    }
+}

@@ -136,6 +136,18 @@ pub struct IdentityKey {
     chain: Vec<RoleRequest>,
 }
 
+#[cfg(test)]
+impl IdentityKey {
+    /// The operator's own identity in `region`, for tests of what is keyed by identity.
+    pub fn operator(region: &str) -> Self {
+        IdentityKey {
+            region: region.to_string(),
+            source: SourceKey::Operator,
+            chain: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
     Operator,
