@@ -44,16 +44,20 @@ target/debug/secretsync run --operator-namespace "$NS" --metrics-address 127.0.0
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
 
-step "applying config/samples/ (a SecretStore and an ExternalSecret)"
+step "applying config/samples/ (a SecretStore, an ExternalSecret, a Deployment that restarts on change)"
 kubectl -n "$NS" apply -f config/samples/
+# The default check runs every minute; the demo checks every 2 s.
+kubectl -n "$NS" patch secretstore aws-secrets-manager --type merge \
+  -p '{"spec":{"provider":{"aws":{"versionCheck":{"strategy":"ListSecrets","interval":"2s"}}}}}' >/dev/null
 kubectl -n "$NS" wait --for=condition=Ready --timeout=60s externalsecret/database-credentials >/dev/null
 kubectl -n "$NS" get secretsync
 step "the synced Secret database-credentials"
 show_secret
 
-step "rotating: a new value in Secrets Manager, then a forced refresh"
+restarted_at() { kubectl -n "$NS" get deployment app -o jsonpath='{.spec.template.metadata.annotations.secretsync\.io/restarted-at}'; }
+before=$(restarted_at)
+step "rotating: a new value in Secrets Manager (PutSecretValue); the version check notices it"
 aws '{"username":"app","password":"rotated-password"}'
-kubectl -n "$NS" annotate externalsecret database-credentials "secretsync.io/force-sync=$(date +%s%N)" --overwrite
 for _ in $(seq 120); do
   show_secret | grep -q rotated-password && break
   sleep 0.25
@@ -62,5 +66,13 @@ step "the Secret after the rotation"
 show_secret
 show_secret | grep -q rotated-password || { echo "the rotation did not arrive; see target/demo/operator.log" >&2; exit 1; }
 kubectl -n "$NS" get externalsecret database-credentials -o jsonpath='{"syncedVersions: "}{.status.syncedVersions}{"\n"}'
+for _ in $(seq 40); do
+  restarted=$(restarted_at)
+  [ -n "$restarted" ] && [ "$restarted" != "$before" ] && break
+  sleep 0.25
+done
+step "the Deployment got a rolling restart"
+echo "  secretsync.io/restarted-at = ${restarted:-<none>}"
+[ -n "$restarted" ] && [ "$restarted" != "$before" ] || { echo "the Deployment was not restarted; see target/demo/operator.log" >&2; exit 1; }
 kubectl -n "$NS" events --for externalsecret/database-credentials 2>/dev/null || true
 step "done: the stack is still up (source target/testenv/env to use it; make test-env-down stops it)"

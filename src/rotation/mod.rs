@@ -41,9 +41,15 @@ pub struct StoreHandle {
     pub store_namespace: Option<String>,
     pub requester_namespace: Option<String>,
     pub spec: SecretStoreSpec,
+    pub generation: Option<i64>,
 }
 
 impl StoreHandle {
+    /// Which store, as of which change.
+    pub fn version(&self) -> (StoreKind, String, Option<i64>) {
+        (self.kind, self.name.clone(), self.generation)
+    }
+
     pub fn scope(&self) -> StoreScope<'_> {
         StoreScope {
             kind: self.kind,
@@ -130,6 +136,7 @@ impl Drop for AbortOnDrop {
 }
 
 struct Registration {
+    store: (StoreKind, String, Option<i64>),
     group: GroupKey,
     prefix: String,
     reads: Vec<(String, Version, String)>,
@@ -232,8 +239,15 @@ impl Watches {
         }
     }
 
-    pub fn is_registered(&self, es: &ObjectRef<ExternalSecret>) -> bool {
-        self.lock().registrations.contains_key(es)
+    /// The store (and its generation) an ExternalSecret was registered with.
+    pub fn registered_store(
+        &self,
+        es: &ObjectRef<ExternalSecret>,
+    ) -> Option<(StoreKind, String, Option<i64>)> {
+        self.lock()
+            .registrations
+            .get(es)
+            .map(|registration| registration.store.clone())
     }
 
     /// Whether a stage that the ExternalSecret read has moved on since it was written.
@@ -307,6 +321,7 @@ impl Watches {
                 last_error: None,
                 _tasks: checks::start(self.clone(), key.clone()),
             });
+            let store_version = store.version();
             group.store = store;
             // What it read before is replaced; the watches themselves (values, detections) stay.
             let reading: BTreeSet<String> = reads
@@ -393,6 +408,7 @@ impl Watches {
             state.registrations.insert(
                 es,
                 Registration {
+                    store: store_version,
                     group: key,
                     prefix,
                     reads: recorded,
@@ -571,6 +587,7 @@ mod tests {
             name: "aws".into(),
             store_namespace: Some("ns".into()),
             requester_namespace: Some("ns".into()),
+            generation: Some(1),
             spec: serde_json::from_value(
                 serde_json::json!({"provider": {"aws": {"service": "SecretsManager"}}}),
             )
@@ -708,7 +725,7 @@ mod tests {
             store(),
             vec![from_status],
         );
-        assert!(watches.is_registered(&es("a")));
+        assert!(watches.registered_store(&es("a")).is_some());
         assert!(!watches.stale(&es("a")));
         assert!(
             watches

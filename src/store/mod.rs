@@ -71,14 +71,14 @@ impl Stores {
         }
     }
 
-    /// The spec of the store an ExternalSecret names. A SecretStore is looked up only in the
-    /// ExternalSecret's own namespace, so a store in another namespace is simply not found; a
+    /// The spec and generation of the store an ExternalSecret names. A SecretStore is looked up only in
+    /// the ExternalSecret's own namespace, so a store in another namespace is simply not found; a
     /// ClusterSecretStore must allow the namespace.
     pub async fn for_external_secret(
         &self,
         es: &ExternalSecret,
         namespace: &str,
-    ) -> Result<SecretStoreSpec> {
+    ) -> Result<(SecretStoreSpec, Option<i64>)> {
         let reference = &es.spec.secret_store_ref;
         let not_found = || Error::StoreNotFound {
             kind: reference.kind,
@@ -90,7 +90,7 @@ impl Stores {
                 Api::<SecretStore>::namespaced(self.client.clone(), namespace)
                     .get_opt(&reference.name)
                     .await?
-                    .map(|store| store.spec)
+                    .map(|store| (store.spec, store.metadata.generation))
                     .ok_or_else(not_found)
             }
             StoreKind::ClusterSecretStore => {
@@ -99,7 +99,7 @@ impl Stores {
                     .await?
                     .ok_or_else(not_found)?;
                 self.check_conditions(&store, namespace).await?;
-                Ok(store.spec.store)
+                Ok((store.spec.store, store.metadata.generation))
             }
         }
     }

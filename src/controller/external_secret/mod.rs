@@ -261,17 +261,21 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let es_ref = ObjectRef::from_obj(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
     let mut rotated = None;
+    let store = resolve_store(es, ctx, namespace).await?;
     if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es))) {
-        if !ctx.watches.is_registered(&es_ref) {
-            watch_from_status(es, ctx, namespace).await;
+        let registered = ctx.watches.registered_store(&es_ref);
+        if registered.is_none() {
+            watch_from_status(es, ctx, &store).await;
         }
-        if !ctx.watches.stale(&es_ref) {
-            return Ok(Synced::UpToDate(wait));
+        // A changed store (credentials, region, version check) is read from again in full.
+        if registered.is_none_or(|registered| registered == store.version()) {
+            if !ctx.watches.stale(&es_ref) {
+                return Ok(Synced::UpToDate(wait));
+            }
+            rotated = Some(wait);
         }
-        rotated = Some(wait);
     }
 
-    let store = resolve_store(es, ctx, namespace).await?;
     let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
     let check = Watches::check_of(&store.spec)?;
     let outcome = match (rotated, &provider, &check) {
@@ -399,8 +403,9 @@ fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {
 /// The store an ExternalSecret names, checked for its namespace.
 async fn resolve_store(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<StoreHandle> {
     let reference = &es.spec.secret_store_ref;
-    let spec = ctx.stores.for_external_secret(es, namespace).await?;
+    let (spec, generation) = ctx.stores.for_external_secret(es, namespace).await?;
     Ok(StoreHandle {
+        generation,
         kind: reference.kind,
         name: reference.name.clone(),
         store_namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
@@ -411,12 +416,11 @@ async fn resolve_store(es: &ExternalSecret, ctx: &Context, namespace: &str) -> R
 
 /// After a restart of the operator: watches what the status says was written, so that a rotation is found
 /// without reading every value again. Failures only mean no watch until the next full refresh.
-async fn watch_from_status(es: &ExternalSecret, ctx: &Context, namespace: &str) {
+async fn watch_from_status(es: &ExternalSecret, ctx: &Context, store: &StoreHandle) {
     let Some(status) = es.status.as_ref().filter(|s| !s.synced_versions.is_empty()) else {
         return;
     };
     let registered = async {
-        let store = resolve_store(es, ctx, namespace).await?;
         let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
         if let (Provider::Aws(aws), Some(check)) = (&provider, Watches::check_of(&store.spec)?) {
             let reads = status
@@ -433,7 +437,7 @@ async fn watch_from_status(es: &ExternalSecret, ctx: &Context, namespace: &str) 
                 })
                 .collect();
             ctx.watches
-                .register(ObjectRef::from_obj(es), aws, check, store, reads);
+                .register(ObjectRef::from_obj(es), aws, check, store.clone(), reads);
         }
         Ok::<_, Error>(())
     };
