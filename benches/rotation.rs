@@ -180,7 +180,7 @@ async fn main() {
     settle(Duration::from_secs(4)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let events = propagation(&t, &keys, remotes, "e", Some((&sqs, &queue_url))).await;
-    let peak_rss = operator.peak_rss_kib();
+    let (rss, peak_rss) = operator.rss_kib();
 
     println!();
     println!(
@@ -189,8 +189,9 @@ async fn main() {
         n as f64 / first_sync.as_secs_f64()
     );
     println!(
-        "operator peak RSS:          {:.1} MiB",
-        peak_rss as f64 / 1024.0
+        "operator RSS:               peak {:.1} MiB, at the end {:.1} MiB",
+        peak_rss as f64 / 1024.0,
+        rss as f64 / 1024.0
     );
     println!("moto ceiling (this run):    {moto_ceiling:.0} DescribeSecret/s with 16 clients");
     println!();
@@ -241,6 +242,11 @@ async fn propagation(
             .map(|k| index + k * remotes)
             .map(|i| format!("es{i:05}"))
             .collect();
+        if queue.is_none() {
+            // Rotations land anywhere in the check interval, not just after a check.
+            let jitter = rand::random::<f64>() * CHECK_INTERVAL.as_secs_f64();
+            tokio::time::sleep(Duration::from_secs_f64(jitter)).await;
+        }
         t.put_remote(key, &value).await;
         let started = Instant::now();
         if let Some((sqs, url)) = queue {

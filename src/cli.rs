@@ -103,6 +103,11 @@ pub struct RunArgs {
     /// How often stores re-check their credentials unless they set `refreshInterval`.
     #[arg(long, env = "SECRETSYNC_STORE_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub store_refresh_interval: Duration,
+
+    /// ExternalSecrets synced at the same time. Bounds memory and the burst on the API server and AWS when
+    /// many are due at once (startup, a store change).
+    #[arg(long, env = "SECRETSYNC_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: u16,
 }
 
 pub async fn execute(cli: Cli) -> Result<(), BoxError> {
@@ -173,7 +178,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "secretsync started"
     );
-    controller::run(ctx, args.namespace).await;
+    controller::run(ctx, args.namespace, args.concurrency).await;
     http.abort();
     tracing::info!("secretsync stopped");
     Ok(())

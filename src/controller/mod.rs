@@ -136,9 +136,10 @@ impl Context {
 }
 
 /// Runs every controller until a shutdown signal; `namespace` limits namespaced watches to one namespace.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+/// `concurrency` bounds the ExternalSecrets synced at once.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     futures::join!(
-        external_secret::run(ctx.clone(), namespace.clone()),
+        external_secret::run(ctx.clone(), namespace.clone(), concurrency),
         secret_store::run_namespaced(ctx.clone(), namespace),
         secret_store::run_cluster(ctx),
     );

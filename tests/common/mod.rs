@@ -656,15 +656,18 @@ impl Operator {
         ))
     }
 
-    /// The operator's peak resident memory so far, in KiB (`VmHWM`).
-    pub fn peak_rss_kib(&self) -> u64 {
+    /// The operator's resident memory in KiB: (now, peak so far), from `VmRSS` and `VmHWM`.
+    pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the operator runs");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("memory fields in /proc status")
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     pub fn log(&self) -> String {

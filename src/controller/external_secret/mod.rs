@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -40,7 +40,7 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(300);
 /// Workload restarts that failed are tried again this often.
 const RESTART_RETRY: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
     let client = ctx.client.clone();
     let (external_secrets, secrets, stores) = match &namespace {
         Some(ns) => (
@@ -120,6 +120,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         })
         // Rotations found by the version watches.
         .reconcile_on(woken)
+        .with_config(controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
