@@ -333,6 +333,70 @@ async fn role_chain_is_assumed_once_per_identity_with_tenant_tags() {
 }
 
 #[tokio::test]
+async fn version_checks_need_only_their_documented_policy() {
+    let t = TestContext::new("check-policy").await;
+    let trust = "trust-assumed-by-operator.json";
+    let read_only = t
+        .create_role("read-only", trust, &["read-policy.json"])
+        .await;
+    let checks = t
+        .create_role(
+            "checks",
+            trust,
+            &["read-policy.json", "version-check-policy.json"],
+        )
+        .await;
+    let key = t.create_remote("db", "v1").await;
+    for (store_name, role, strategy) in [
+        ("read-only", &read_only, "ListSecrets"),
+        ("checks-list", &checks, "ListSecrets"),
+        ("checks-describe", &checks, "DescribeSecret"),
+    ] {
+        let check = json!({"strategy": strategy, "interval": "1s"});
+        t.apply_yaml(&store(
+            "SecretStore",
+            store_name,
+            json!({"role": role, "versionCheck": check}),
+        ))
+        .await;
+        t.apply_yaml(&external_secret(
+            &format!("es-{store_name}"),
+            store_name,
+            "SecretStore",
+            &key,
+        ))
+        .await;
+    }
+    let _operator = t.start_operator();
+    for name in ["es-read-only", "es-checks-list", "es-checks-describe"] {
+        wait_for_value(&t, name, "v1").await;
+    }
+
+    t.put_remote(&key, "v2").await;
+    wait_for_value(&t, "es-checks-list", "v2").await;
+    wait_for_value(&t, "es-checks-describe", "v2").await;
+    let warning = wait_for("VersionCheckFailed on the store", TIMEOUT, || async {
+        let events = t.events_for("read-only").await;
+        events
+            .iter()
+            .find(|(type_, reason, _)| type_ == "Warning" && reason == "VersionCheckFailed")
+            .map(|(_, _, note)| note.clone())
+            .ok_or(events)
+    })
+    .await;
+    assert!(
+        warning.starts_with("AccessDenied: ") && warning.contains("ListSecrets"),
+        "{warning}"
+    );
+    // Without checks, the rotation waits for the refresh; the sync itself still works.
+    assert_eq!(t.secret_data("es-read-only").await.unwrap()["value"], "v1");
+    assert_eq!(
+        t.es_ready("es-read-only").await.map(|c| c.0).as_deref(),
+        Some("True")
+    );
+}
+
+#[tokio::test]
 async fn each_feature_needs_only_its_documented_permissions() {
     let t = TestContext::new("least-privilege").await;
     let trust = "trust-assumed-by-operator.json";

@@ -412,3 +412,26 @@ async fn an_annotated_deployment_restarts_once_per_change() {
         "one restart per change"
     );
 }
+
+#[tokio::test]
+async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
+    let t = TestContext::new("store-change").await;
+    let key = t.create_remote("db", "v1").await;
+    t.store_with_check("aws", json!({"strategy": "None"})).await;
+    let _operator = t.start_operator();
+    t.apply_yaml(&external_secret("app", "aws", &key, None))
+        .await;
+    wait_for_value(&t, "app", "v1").await;
+
+    // No checks: a rotation waits for the refresh interval, as with External Secrets Operator.
+    t.put_remote(&key, "v2").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t.secret_data("app").await.unwrap()["value"], "v1");
+
+    // The changed store is read from again in full, and checked from then on.
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
+        .await;
+    wait_for_value(&t, "app", "v2").await;
+    t.put_remote(&key, "v3").await;
+    wait_for_value(&t, "app", "v3").await;
+}

@@ -369,7 +369,8 @@ impl Watches {
             let Some(group) = state.groups.get_mut(key) else {
                 return;
             };
-            let message = error.map(ToString::to_string);
+            // Classed as in condition messages, for alerts to match on.
+            let message = error.map(|err| format!("{}: {err}", err.reason()));
             if group.last_error == message {
                 return;
             }
