@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 use crate::api::{ClusterSecretStore, SecretStore, SecretStoreSpec, StoreKind};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::provider::{SecretProvider, Version};
+use crate::provider::{Provider, SecretProvider, Version};
 use crate::store::{StoreScope, Stores};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,25 +82,34 @@ pub async fn check(client: Client, args: CheckArgs) -> Result<bool, BoxError> {
         report("conditions", &err);
         return Ok(false);
     }
-    if let Some(aws) = &spec.provider.aws {
-        match stores.plan(aws, &scope).await {
-            Ok(plan) => {
-                println!("region: {}", plan.region);
-                println!("credentials: {plan}");
-            }
-            Err(err) => {
-                report("credentials", &err);
-                return Ok(false);
+    let provider = match (&spec.provider.aws, &spec.provider.fake) {
+        (Some(aws), None) => {
+            let plan = match stores.plan(aws, &scope).await {
+                Ok(plan) => plan,
+                Err(err) => {
+                    report("credentials", &err);
+                    return Ok(false);
+                }
+            };
+            println!("region: {}", plan.region);
+            println!("credentials: {plan}");
+            match stores.aws_provider(aws, &plan).await {
+                Ok(aws) => Provider::Aws(aws),
+                Err(err) => {
+                    report("identity", &err);
+                    return Ok(false);
+                }
             }
         }
-    } else {
-        println!("provider: fake");
-    }
-    let provider = match stores.provider(&spec, &scope).await {
-        Ok(provider) => provider,
-        Err(err) => {
-            report("identity", &err);
-            return Ok(false);
+        _ => {
+            println!("provider: fake");
+            match stores.provider(&spec, &scope).await {
+                Ok(provider) => provider,
+                Err(err) => {
+                    report("identity", &err);
+                    return Ok(false);
+                }
+            }
         }
     };
     let mut passed = match provider.validate().await {

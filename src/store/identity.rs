@@ -189,12 +189,13 @@ pub struct Identities {
 
 impl Identities {
     /// The SDK configuration (region and credentials) for `plan`: the cached session when it is fresh,
-    /// otherwise a new one. `token` is asked for only when a web identity session must be made.
+    /// otherwise a new one. `token` (of a ServiceAccount: namespace, name, audiences) is asked for only
+    /// when a web identity session must be made.
     pub async fn config(
         &self,
         base: &SdkConfig,
         plan: &Plan,
-        token: impl AsyncFnOnce() -> Result<String>,
+        token: impl AsyncFnOnce(&str, &str, &[String]) -> Result<String>,
         metrics: &Metrics,
     ) -> Result<SdkConfig> {
         let slot = self.slot(plan.key());
@@ -231,7 +232,7 @@ impl Identities {
 async fn resolve(
     base: &SdkConfig,
     plan: &Plan,
-    token: impl AsyncFnOnce() -> Result<String>,
+    token: impl AsyncFnOnce(&str, &str, &[String]) -> Result<String>,
     metrics: &Metrics,
 ) -> Result<Session> {
     let regional = base.to_builder().region(plan.region.clone()).build();
@@ -244,8 +245,13 @@ async fn resolve(
             config: with_credentials(&regional, credentials.clone()),
             expires: None,
         },
-        Source::WebIdentity { role_arn, .. } => {
-            let token = token().await?;
+        Source::WebIdentity {
+            namespace,
+            name,
+            role_arn,
+            audiences,
+        } => {
+            let token = token(namespace, name, audiences).await?;
             let credentials = sts::assume_role_with_web_identity(
                 &regional,
                 role_arn,

@@ -139,27 +139,34 @@ impl Stores {
         match (&spec.provider.aws, &spec.provider.fake) {
             (Some(aws), None) => {
                 let plan = self.plan(aws, scope).await?;
-                let config = self
-                    .identities
-                    .config(
-                        &self.aws,
-                        &plan,
-                        async || self.token(&plan).await,
-                        &self.metrics,
-                    )
-                    .await?;
-                Ok(Provider::Aws(AwsSecretsManager::new(
-                    &config,
-                    aws.prefix.as_deref(),
-                    plan.key(),
-                    self.metrics.clone(),
-                )))
+                Ok(Provider::Aws(self.aws_provider(aws, &plan).await?))
             }
             (None, Some(fake)) => Ok(Provider::Fake(FakeProvider::new(fake))),
             _ => Err(Error::InvalidStoreConfig(
                 "set exactly one provider: aws or fake".into(),
             )),
         }
+    }
+
+    /// A Secrets Manager client with the identity `plan` resolves to (a cached session when fresh).
+    pub async fn aws_provider(&self, aws: &AwsProvider, plan: &Plan) -> Result<AwsSecretsManager> {
+        let config = self
+            .identities
+            .config(
+                &self.aws,
+                plan,
+                async |namespace: &str, name: &str, audiences: &[String]| {
+                    self.token(namespace, name, audiences).await
+                },
+                &self.metrics,
+            )
+            .await?;
+        Ok(AwsSecretsManager::new(
+            &config,
+            aws.prefix.as_deref(),
+            plan.key(),
+            self.metrics.clone(),
+        ))
     }
 
     /// Everything that decides the store's AWS identity, read from the cluster: static keys, the
@@ -285,20 +292,12 @@ impl Stores {
             })
     }
 
-    /// A fresh token of the plan's ServiceAccount (TokenRequest API), for one STS exchange.
-    async fn token(&self, plan: &Plan) -> Result<String> {
-        let Source::WebIdentity {
-            namespace,
-            name,
-            audiences,
-            ..
-        } = &plan.source
-        else {
-            unreachable!("tokens are asked for web identities only")
-        };
+    /// A fresh token of a ServiceAccount (TokenRequest API), for one STS exchange.
+    async fn token(&self, namespace: &str, name: &str, audiences: &[String]) -> Result<String> {
+        let (namespace, name) = (namespace.to_string(), name.to_string());
         let request = TokenRequest {
             spec: TokenRequestSpec {
-                audiences: audiences.clone(),
+                audiences: audiences.to_vec(),
                 expiration_seconds: Some(TOKEN_LIFETIME_SECONDS),
                 bound_object_ref: None,
             },
@@ -309,8 +308,8 @@ impl Stores {
             name: name.clone(),
             detail,
         };
-        let response = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
-            .create_token_request(name, &PostParams::default(), &request)
+        let response = Api::<ServiceAccount>::namespaced(self.client.clone(), &namespace)
+            .create_token_request(&name, &PostParams::default(), &request)
             .await
             .map_err(|err| match err {
                 kube::Error::Api(status) if status.code == 404 => Error::ServiceAccountNotFound {
