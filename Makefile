@@ -27,9 +27,10 @@ test-env:
 test-env-down:
 	hack/testenv.sh down
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ and the chart's copy from the Rust types.
 crds:
 	cargo run --quiet --locked -- crds > crds/secretsync.yaml
+	cp crds/secretsync.yaml charts/secretsync/crds/secretsync.yaml
 
 lint:
 	cargo fmt --all -- --check

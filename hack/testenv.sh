@@ -7,7 +7,7 @@
 #   hack/testenv.sh down    stop every process by its PID and remove the state
 #   hack/testenv.sh status  exit 0 when the stack answers
 #
-# Writes target/testenv/kubeconfig and target/testenv/env (export lines: KUBECONFIG, AWS_*, MOTO_URL).
+# Writes target/testenv/kubeconfig and target/testenv/env (export lines: KUBECONFIG, AWS_*, MOTO_URL, HELM).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -119,8 +119,9 @@ up() {
   down_quiet
   command -v kubectl >/dev/null || die "kubectl is required: install it (https://kubernetes.io/docs/tasks/tools/)"
   command -v openssl >/dev/null || die "openssl is required: apt-get install openssl"
-  local assets venv
+  local assets venv helm
   assets=$("$ROOT/hack/build-control-plane.sh")
+  helm=$("$ROOT/hack/build-helm.sh")
   venv=$(moto_venv)
   mkdir -p "$STATE/logs" "$STATE/pids"
   make_certs
@@ -167,6 +168,7 @@ export AWS_SECRET_ACCESS_KEY=${keys#* }
 export AWS_EC2_METADATA_DISABLED=true
 export SECRETSYNC_TESTENV=$STATE
 export MOTO_RECORDING=$STATE/moto_recording
+export HELM=$helm
 EOF
   wait_for "default ServiceAccount" 60 kube-controller-manager kubectl --kubeconfig "$STATE/kubeconfig" get serviceaccount default -n default
   echo started
