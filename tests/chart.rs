@@ -47,6 +47,20 @@ fn the_chart_lints_with_defaults_and_options() {
     ]);
 }
 
+#[test]
+fn the_values_table_matches_values_yaml() {
+    let output = Command::new("python3")
+        .arg(format!("{MANIFEST_DIR}/hack/chart-values-table.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 is required (apt-get install python3)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_chart_installs_with_its_defaults() {
     let t = TestContext::new("chart-defaults").await;
