@@ -1,5 +1,5 @@
 # Everything a developer or CI runs. `make demo` and `make test` set up what they need on a fresh machine.
-.PHONY: all build demo test test-env test-env-down crds lint bench
+.PHONY: all build demo test test-env test-env-down crds manifests lint bench
 
 all: build
 
@@ -31,6 +31,12 @@ test-env-down:
 crds:
 	cargo run --quiet --locked -- crds > crds/secretsync.yaml
 	cp crds/secretsync.yaml charts/secretsync/crds/secretsync.yaml
+	hack/generate-manifests.sh
+
+## Regenerate config/ (plain manifests) and the chart README's values table from the chart.
+manifests:
+	hack/generate-manifests.sh
+	hack/chart-values-table.py
 
 lint:
 	cargo fmt --all -- --check

@@ -61,6 +61,48 @@ fn the_values_table_matches_values_yaml() {
     );
 }
 
+#[test]
+fn plain_manifests_match_the_chart_and_apply() {
+    let vars = env_vars();
+    let check = Command::new(format!("{MANIFEST_DIR}/hack/generate-manifests.sh"))
+        .arg("--check")
+        .env("HELM", &vars["HELM"])
+        .output()
+        .expect("hack/generate-manifests.sh runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // As the README says: kubectl apply, then kustomize.
+    for args in [
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            "crds/",
+            "-f",
+            "config/rbac/",
+            "-f",
+            "config/manager/",
+        ][..],
+        &["apply", "--server-side", "-k", "config/"][..],
+    ] {
+        let output = Command::new("kubectl")
+            .args(args)
+            .current_dir(MANIFEST_DIR)
+            .env("KUBECONFIG", &vars["KUBECONFIG"])
+            .output()
+            .expect("kubectl is required");
+        assert!(
+            output.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_chart_installs_with_its_defaults() {
     let t = TestContext::new("chart-defaults").await;
