@@ -9,13 +9,17 @@ enforcement behave like AWS where our tests depend on it:
   moto checks them against "*" otherwise.
 - BatchGetSecretValue also needs GetSecretValue on every secret it names, as on AWS. AWS answers a denied
   secret with a per-secret error; here the whole call is denied, which the operator handles the same way
-  (it reads those secrets one by one)."""
+  (it reads those secrets one by one).
+- The request recorder writes each entry under a lock: moto writes an entry and its newline in two calls, so
+  concurrent requests could interleave and corrupt both lines, and tests count calls from that file."""
 
 import json
 import sys
+import threading
 
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.iam import access_control
+from moto.moto_api._internal.recorder.models import Recorder
 from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.server import main
 
@@ -65,7 +69,17 @@ def _secret_arn(self, secret_id):
     return f"arn:aws:secretsmanager:{self.region}:{self.current_account}:secret:{secret_id}"
 
 
+_record_request = Recorder._record_request
+_record_lock = threading.Lock()
+
+
+def _record_request_whole(self, request, body=None):
+    with _record_lock:
+        return _record_request(self, request, body)
+
+
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_signed_actions
+Recorder._record_request = _record_request_whole
 access_control.format_incoming_conditional_values = _condition_values_with_request_tags
 SecretsManagerResponse._determine_resource = _secret_as_resource
 
