@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Call, TestContext, env_vars, recorded_calls};
+use common::{Call, TestContext, env_vars, recorded_calls, value_external_secret};
 use futures::{StreamExt, stream};
 use kube::api::ListParams;
 use serde_json::json;
@@ -20,19 +20,6 @@ use serde_json::json;
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const QUIET_WINDOW: Duration = Duration::from_secs(20);
 const ROTATIONS: usize = 20;
-
-fn external_secret(name: &str, key: &str) -> String {
-    json!({
-        "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {
-            "refreshInterval": "1h",
-            "secretStoreRef": {"name": "bench"},
-            "data": [{"secretKey": "value", "remoteRef": {"key": key}}],
-        },
-    })
-    .to_string()
-}
 
 /// Values of every managed Secret, by name.
 async fn synced(t: &TestContext) -> BTreeMap<String, String> {
@@ -101,8 +88,14 @@ async fn main() {
     )
     .await;
     for i in 0..n {
-        t.apply_yaml(&external_secret(&format!("es{i:05}"), &keys[i % remotes]))
-            .await;
+        t.apply_yaml(&value_external_secret(
+            &format!("es{i:05}"),
+            "bench",
+            "SecretStore",
+            &keys[i % remotes],
+            None,
+        ))
+        .await;
     }
 
     // Time to first full sync: operator start to every Secret written.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{MANIFEST_DIR, Operator, TestContext, env_vars, wait_for};
+use common::{MANIFEST_DIR, Operator, TestContext, env_vars, value_external_secret, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -203,28 +203,17 @@ async fn the_operator_works_with_the_chart_rbac_and_no_more() {
             ("SECRETSYNC_HASH_KEY_SECRET", &hash_key),
         ],
     );
-    t.apply_yaml(
-        &json!({
-            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
-            "metadata": {"name": "app"},
-            "spec": {"refreshInterval": "1h", "secretStoreRef": {"name": "aws"},
-                     "data": [{"secretKey": "value", "remoteRef": {"key": key}}]},
-        })
-        .to_string(),
-    )
+    t.apply_yaml(&value_external_secret(
+        "app",
+        "aws",
+        "SecretStore",
+        &key,
+        None,
+    ))
     .await;
-    let synced = |value: &'static str| {
-        let t = &t;
-        async move {
-            let data = t.secret_data("app").await.ok_or("no Secret")?;
-            (data.get("value").map(String::as_str) == Some(value))
-                .then_some(())
-                .ok_or(format!("{data:?}"))
-        }
-    };
-    wait_for("the Secret", common::TIMEOUT, || synced("v1")).await;
+    t.wait_for_value("app", "v1").await;
     t.put_remote(&key, "v2").await;
-    wait_for("the rotation", common::TIMEOUT, || synced("v2")).await;
+    t.wait_for_value("app", "v2").await;
     wait_for("the restart", common::TIMEOUT, || async {
         let web = Api::<Deployment>::namespaced(t.client.clone(), &t.namespace)
             .get("web")

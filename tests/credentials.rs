@@ -8,24 +8,9 @@ use std::collections::HashMap;
 use base64::Engine;
 use common::{
     ADMIN_ARN, Call, EXTERNAL_ID, MOTO_ACCOUNT, Operator, TIMEOUT, TestContext, env_vars,
-    recorded_calls, session_keys, value_reads, wait_for,
+    recorded_calls, session_keys, value_external_secret, value_reads, wait_for,
 };
 use serde_json::json;
-
-/// An ExternalSecret `name` writing remote `key` to Secret `name` under "value".
-fn external_secret(name: &str, store: &str, store_kind: &str, key: &str) -> String {
-    json!({
-        "apiVersion": "secretsync.io/v1alpha1",
-        "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {
-            "refreshInterval": "1h",
-            "secretStoreRef": {"name": store, "kind": store_kind},
-            "data": [{"secretKey": "value", "remoteRef": {"key": key}}],
-        }
-    })
-    .to_string()
-}
 
 fn store(kind: &str, name: &str, aws: serde_json::Value) -> String {
     let mut provider = json!({"service": "SecretsManager", "region": "us-east-1"});
@@ -42,38 +27,29 @@ fn store(kind: &str, name: &str, aws: serde_json::Value) -> String {
     .to_string()
 }
 
-async fn wait_for_value(t: &TestContext, name: &str, expected: &str) {
-    wait_for(
-        &format!("Secret {name} = {expected:?}"),
-        TIMEOUT,
-        || async {
-            let data = t.secret_data(name).await.ok_or("no Secret")?;
-            match data.get("value") {
-                Some(v) if v == expected => Ok(()),
-                other => Err(format!("{other:?}; Ready: {:?}", t.es_ready(name).await)),
-            }
-        },
-    )
-    .await
-}
-
 /// `count` ExternalSecrets on `store` reading remote `key` ("v1"): synced, then all re-read after a rotation
 /// to "v2", so that every one of them has used the store's identity twice.
 async fn sync_twice(t: &TestContext, store: &str, key: &str, count: usize) {
     let names: Vec<String> = (0..count).map(|i| format!("app-{i}")).collect();
     for name in &names {
-        t.apply_yaml(&external_secret(name, store, "SecretStore", key))
-            .await;
+        t.apply_yaml(&value_external_secret(
+            name,
+            store,
+            "SecretStore",
+            key,
+            None,
+        ))
+        .await;
     }
     for name in &names {
-        wait_for_value(t, name, "v1").await;
+        t.wait_for_value(name, "v1").await;
     }
     t.put_remote(key, "v2").await;
     for name in &names {
         t.force_sync(name, "1").await;
     }
     for name in &names {
-        wait_for_value(t, name, "v2").await;
+        t.wait_for_value(name, "v2").await;
     }
 }
 
@@ -143,11 +119,17 @@ async fn operator_identity_comes_from_irsa() {
         &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
     );
     for name in ["one", "two", "three"] {
-        t.apply_yaml(&external_secret(name, "aws", "SecretStore", &key))
-            .await;
+        t.apply_yaml(&value_external_secret(
+            name,
+            "aws",
+            "SecretStore",
+            &key,
+            None,
+        ))
+        .await;
     }
     for name in ["one", "two", "three"] {
-        wait_for_value(&t, name, "from-irsa").await;
+        t.wait_for_value(name, "from-irsa").await;
     }
 
     let exchanges = calls("AssumeRoleWithWebIdentity", "RoleArn", &role);
@@ -359,22 +341,23 @@ async fn version_checks_need_only_their_documented_policy() {
             json!({"role": role, "versionCheck": check}),
         ))
         .await;
-        t.apply_yaml(&external_secret(
+        t.apply_yaml(&value_external_secret(
             &format!("es-{store_name}"),
             store_name,
             "SecretStore",
             &key,
+            None,
         ))
         .await;
     }
     let _operator = t.start_operator();
     for name in ["es-read-only", "es-checks-list", "es-checks-describe"] {
-        wait_for_value(&t, name, "v1").await;
+        t.wait_for_value(name, "v1").await;
     }
 
     t.put_remote(&key, "v2").await;
-    wait_for_value(&t, "es-checks-list", "v2").await;
-    wait_for_value(&t, "es-checks-describe", "v2").await;
+    t.wait_for_value("es-checks-list", "v2").await;
+    t.wait_for_value("es-checks-describe", "v2").await;
     let warning = wait_for("VersionCheckFailed on the store", TIMEOUT, || async {
         let events = t.events_for("read-only").await;
         events
@@ -462,12 +445,30 @@ async fn each_feature_needs_only_its_documented_permissions() {
         })
         .to_string()
     };
-    t.apply_yaml(&external_secret("read", "read", "SecretStore", &key))
-        .await;
-    t.apply_yaml(&external_secret("denied", "none", "SecretStore", &key))
-        .await;
-    t.apply_yaml(&external_secret("foreign", "foreign", "SecretStore", &key))
-        .await;
+    t.apply_yaml(&value_external_secret(
+        "read",
+        "read",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.apply_yaml(&value_external_secret(
+        "denied",
+        "none",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.apply_yaml(&value_external_secret(
+        "foreign",
+        "foreign",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
     // The documented read policy is scoped to the namespace's prefix: a secret outside it stays closed.
     let outside = format!("outside-{}/db", t.namespace);
     t.secrets_manager
@@ -477,15 +478,21 @@ async fn each_feature_needs_only_its_documented_permissions() {
         .send()
         .await
         .expect("CreateSecret");
-    t.apply_yaml(&external_secret("outside", "read", "SecretStore", &outside))
-        .await;
+    t.apply_yaml(&value_external_secret(
+        "outside",
+        "read",
+        "SecretStore",
+        &outside,
+        None,
+    ))
+    .await;
     t.apply_yaml(&find_es("find", "find")).await;
     t.apply_yaml(&find_es("find-denied", "read")).await;
     t.apply_yaml(&tags_es("meta", "meta")).await;
     t.apply_yaml(&tags_es("meta-denied", "read")).await;
 
-    wait_for_value(&t, "read", "v1").await;
-    wait_for_value(&t, "meta", "payments").await;
+    t.wait_for_value("read", "v1").await;
+    t.wait_for_value("meta", "payments").await;
     wait_for("find to sync", TIMEOUT, || async {
         let data = t.secret_data("find").await.ok_or("no Secret")?;
         (data.len() == 1).then_some(()).ok_or(format!("{data:?}"))
@@ -554,8 +561,14 @@ async fn service_account_mistakes_are_reported_by_name() {
     .await;
     let _operator = t.start_operator();
     for name in ["elsewhere", "missing", "unannotated"] {
-        t.apply_yaml(&external_secret(name, name, "SecretStore", &key))
-            .await;
+        t.apply_yaml(&value_external_secret(
+            name,
+            name,
+            "SecretStore",
+            &key,
+            None,
+        ))
+        .await;
     }
     let expected = [
         ("elsewhere", "InvalidStoreConfig: ", "in its own namespace"),
@@ -667,24 +680,26 @@ async fn cluster_store_conditions_and_tenant_sessions() {
 
     let operators: Vec<Operator> = [&a, &b, &c].iter().map(|t| t.start_operator()).collect();
     for t in [&a, &b, &c] {
-        t.apply_yaml(&external_secret(
+        t.apply_yaml(&value_external_secret(
             "app",
             &store_name,
             "ClusterSecretStore",
             &key,
+            None,
         ))
         .await;
     }
-    a.apply_yaml(&external_secret(
+    a.apply_yaml(&value_external_secret(
         "referent",
         &referent,
         "ClusterSecretStore",
         &key,
+        None,
     ))
     .await;
-    wait_for_value(&a, "app", "for-tenants").await;
-    wait_for_value(&b, "app", "for-tenants").await;
-    wait_for_value(&a, "referent", "for-tenants").await;
+    a.wait_for_value("app", "for-tenants").await;
+    b.wait_for_value("app", "for-tenants").await;
+    a.wait_for_value("referent", "for-tenants").await;
     let message = wait_for_failure(&c, "app").await;
     assert!(message.starts_with("StoreNotAllowed: "), "{message}");
     assert!(message.contains(&c.namespace), "{message}");

@@ -7,39 +7,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{Call, Operator, TIMEOUT, TestContext, recorded_calls, value_reads, wait_for};
+use common::{
+    Call, Operator, TIMEOUT, TestContext, recorded_calls, value_external_secret, value_reads,
+    wait_for,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-
-fn external_secret(name: &str, store: &str, key: &str, version: Option<&str>) -> String {
-    let mut remote_ref = json!({"key": key});
-    if let Some(version) = version {
-        remote_ref["version"] = json!(version);
-    }
-    json!({
-        "apiVersion": "secretsync.io/v1alpha1",
-        "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {
-            "refreshInterval": "1h",
-            "secretStoreRef": {"name": store},
-            "data": [{"secretKey": "value", "remoteRef": remote_ref}],
-        },
-    })
-    .to_string()
-}
-
-async fn wait_for_value(t: &TestContext, name: &str, expected: &str) {
-    wait_for(&format!("{name} = {expected}"), TIMEOUT, || async {
-        let data = t.secret_data(name).await.ok_or("no Secret")?;
-        (data.get("value").map(String::as_str) == Some(expected))
-            .then_some(())
-            .ok_or(format!("{data:?}"))
-    })
-    .await
-}
 
 /// Every managed Secret's resourceVersion, by name.
 async fn secret_versions(t: &TestContext) -> BTreeMap<String, String> {
@@ -101,9 +76,10 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
         .await;
     let operator = t.start_operator();
     for i in 0..200 {
-        t.apply_yaml(&external_secret(
+        t.apply_yaml(&value_external_secret(
             &format!("es{i:03}"),
             "aws",
+            "SecretStore",
             &keys[i % 50],
             None,
         ))
@@ -115,7 +91,8 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
     })
     .await;
     for i in [0, 49, 199] {
-        wait_for_value(&t, &format!("es{i:03}"), &format!("v1-{}", i % 50)).await;
+        t.wait_for_value(&format!("es{i:03}"), &format!("v1-{}", i % 50))
+            .await;
     }
 
     // Quiet: every check is one ListSecrets over the namespace's path, and nothing is read.
@@ -148,7 +125,7 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
     let new_id = t.put_remote(rotated, "v2-7").await;
     let readers: BTreeSet<String> = [7, 57, 107, 157].map(|i| format!("es{i:03}")).into();
     for name in &readers {
-        wait_for_value(&t, name, "v2-7").await;
+        t.wait_for_value(name, "v2-7").await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = secret_versions(&t).await;
@@ -201,9 +178,15 @@ async fn an_event_on_the_queue_propagates_within_two_seconds() {
     )
     .await;
     let operator = t.start_operator();
-    t.apply_yaml(&external_secret("app", "events", &key, None))
-        .await;
-    wait_for_value(&t, "app", "v1").await;
+    t.apply_yaml(&value_external_secret(
+        "app",
+        "events",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.wait_for_value("app", "v1").await;
     // Let the listener start its long poll.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -230,7 +213,7 @@ async fn an_event_on_the_queue_propagates_within_two_seconds() {
         .send()
         .await
         .unwrap();
-    wait_for_value(&t, "app", "v2").await;
+    t.wait_for_value("app", "v2").await;
     let took = sent.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
@@ -261,27 +244,40 @@ async fn previous_and_pinned_versions_are_not_disturbed() {
     )
     .await;
     let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("current", "aws", &key, None))
-        .await;
-    t.apply_yaml(&external_secret(
+    t.apply_yaml(&value_external_secret(
+        "current",
+        "aws",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.apply_yaml(&value_external_secret(
         "previous",
         "aws",
+        "SecretStore",
         &key,
         Some("AWSPREVIOUS"),
     ))
     .await;
     let pinned = format!("uuid/{v1}");
-    t.apply_yaml(&external_secret("pinned", "aws", &key, Some(&pinned)))
-        .await;
-    wait_for_value(&t, "current", "v2").await;
-    wait_for_value(&t, "previous", "v1").await;
-    wait_for_value(&t, "pinned", "v1").await;
+    t.apply_yaml(&value_external_secret(
+        "pinned",
+        "aws",
+        "SecretStore",
+        &key,
+        Some(&pinned),
+    ))
+    .await;
+    t.wait_for_value("current", "v2").await;
+    t.wait_for_value("previous", "v1").await;
+    t.wait_for_value("pinned", "v1").await;
     let before = secret_versions(&t).await;
 
     let start = recorded_calls().len();
     let v3 = t.put_remote(&key, "v3").await;
-    wait_for_value(&t, "current", "v3").await;
-    wait_for_value(&t, "previous", "v2").await;
+    t.wait_for_value("current", "v3").await;
+    t.wait_for_value("previous", "v2").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(t.secret_data("pinned").await.unwrap()["value"], "v1");
     assert_eq!(
@@ -350,9 +346,15 @@ async fn an_annotated_deployment_restarts_once_per_change() {
     t.apply_yaml(&deployment("unrelated", "other-secret", false, "app"))
         .await;
     let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("app", "aws", &key, None))
-        .await;
-    wait_for_value(&t, "app", "v1").await;
+    t.apply_yaml(&value_external_secret(
+        "app",
+        "aws",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.wait_for_value("app", "v1").await;
     assert_eq!(
         restarted_at(&t, "web").await,
         None,
@@ -360,7 +362,7 @@ async fn an_annotated_deployment_restarts_once_per_change() {
     );
 
     t.put_remote(&key, "v2").await;
-    wait_for_value(&t, "app", "v2").await;
+    t.wait_for_value("app", "v2").await;
     let first = wait_for("web restarted", TIMEOUT, || async {
         restarted_at(&t, "web").await.ok_or("not yet")
     })
@@ -397,7 +399,7 @@ async fn an_annotated_deployment_restarts_once_per_change() {
     assert_eq!(restarted_at(&t, "web").await.as_ref(), Some(&first));
 
     t.put_remote(&key, "v3").await;
-    wait_for_value(&t, "app", "v3").await;
+    t.wait_for_value("app", "v3").await;
     let second = wait_for("web restarted again", TIMEOUT, || async {
         restarted_at(&t, "web")
             .await
@@ -419,9 +421,15 @@ async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
     let key = t.create_remote("db", "v1").await;
     t.store_with_check("aws", json!({"strategy": "None"})).await;
     let _operator = t.start_operator();
-    t.apply_yaml(&external_secret("app", "aws", &key, None))
-        .await;
-    wait_for_value(&t, "app", "v1").await;
+    t.apply_yaml(&value_external_secret(
+        "app",
+        "aws",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.wait_for_value("app", "v1").await;
 
     // No checks: a rotation waits for the refresh interval, as with External Secrets Operator.
     t.put_remote(&key, "v2").await;
@@ -431,7 +439,7 @@ async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
     // The changed store is read from again in full, and checked from then on.
     t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
         .await;
-    wait_for_value(&t, "app", "v2").await;
+    t.wait_for_value("app", "v2").await;
     t.put_remote(&key, "v3").await;
-    wait_for_value(&t, "app", "v3").await;
+    t.wait_for_value("app", "v3").await;
 }

@@ -433,6 +433,49 @@ impl TestContext {
     }
 }
 
+/// An ExternalSecret writing remote `key` (at `version`, if given) to the Secret key `value`, refreshed hourly.
+pub fn value_external_secret(
+    name: &str,
+    store: &str,
+    store_kind: &str,
+    key: &str,
+    version: Option<&str>,
+) -> String {
+    let mut remote_ref = json!({"key": key});
+    if let Some(version) = version {
+        remote_ref["version"] = json!(version);
+    }
+    json!({
+        "apiVersion": "secretsync.io/v1alpha1",
+        "kind": "ExternalSecret",
+        "metadata": {"name": name},
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"name": store, "kind": store_kind},
+            "data": [{"secretKey": "value", "remoteRef": remote_ref}],
+        },
+    })
+    .to_string()
+}
+
+impl TestContext {
+    /// Waits until the Secret `name` holds `expected` under the key `value`.
+    pub async fn wait_for_value(&self, name: &str, expected: &str) {
+        wait_for(
+            &format!("Secret {name} = {expected:?}"),
+            TIMEOUT,
+            || async {
+                let data = self.secret_data(name).await.ok_or("no Secret")?;
+                match data.get("value") {
+                    Some(v) if v == expected => Ok(()),
+                    other => Err(format!("{other:?}; Ready: {:?}", self.es_ready(name).await)),
+                }
+            },
+        )
+        .await
+    }
+}
+
 /// AWS IAM with the test stack's admin keys.
 pub async fn iam() -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&aws_config().await)
