@@ -51,6 +51,13 @@ async fn sync_twice(t: &TestContext, store: &str, key: &str, count: usize) {
     for name in &names {
         t.wait_for_value(name, "v2").await;
     }
+    // The first forced read wakes the other readers, which may show v2 from the kept value before their
+    // own forced read has run: wait for every one of those reads, so that callers count all of them.
+    wait_for("a read per sync", TIMEOUT, || async {
+        let reads = value_reads(key).len();
+        (reads >= 2 * count).then_some(()).ok_or(reads)
+    })
+    .await;
 }
 
 /// Waits for the ExternalSecret to fail and returns its condition message (which starts with the class).
