@@ -19,9 +19,10 @@ render serviceaccount.yaml >"$out/rbac/serviceaccount.yaml"
 render rbac.yaml >"$out/rbac/rbac.yaml"
 render deployment.yaml >"$out/manager/deployment.yaml"
 render service.yaml >"$out/manager/service.yaml"
+render poddisruptionbudget.yaml >"$out/manager/poddisruptionbudget.yaml"
 
 if [ "${1:-}" = --check ]; then
-  for file in crd/secretsync.yaml rbac/serviceaccount.yaml rbac/rbac.yaml manager/deployment.yaml manager/service.yaml; do
+  for file in crd/secretsync.yaml rbac/serviceaccount.yaml rbac/rbac.yaml manager/deployment.yaml manager/service.yaml manager/poddisruptionbudget.yaml; do
     cmp -s "$out/$file" "config/$file" || { echo "config/$file is out of date with the chart: run hack/generate-manifests.sh" >&2; exit 1; }
   done
   exit 0

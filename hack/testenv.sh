@@ -7,7 +7,8 @@
 #   hack/testenv.sh down    stop every process by its PID and remove the state
 #   hack/testenv.sh status  exit 0 when the stack answers
 #
-# Writes target/testenv/kubeconfig and target/testenv/env (export lines: KUBECONFIG, AWS_*, MOTO_URL, HELM).
+# Writes target/testenv/kubeconfig and target/testenv/env (export lines: KUBECONFIG, AWS_*, MOTO_URL, HELM, PROMETHEUS_BIN,
+# PROMETHEUS_OPERATOR_CRDS).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -119,9 +120,11 @@ up() {
   down_quiet
   command -v kubectl >/dev/null || die "kubectl is required: install it (https://kubernetes.io/docs/tasks/tools/)"
   command -v openssl >/dev/null || die "openssl is required: apt-get install openssl"
-  local assets venv helm
+  local assets venv helm prometheus operator_crds
   assets=$("$ROOT/hack/build-control-plane.sh")
   helm=$("$ROOT/hack/build-helm.sh")
+  prometheus=$("$ROOT/hack/get-prometheus.sh")
+  operator_crds=$("$ROOT/hack/get-prometheus-operator-crds.sh")
   venv=$(moto_venv)
   mkdir -p "$STATE/logs" "$STATE/pids"
   make_certs
@@ -169,6 +172,8 @@ export AWS_EC2_METADATA_DISABLED=true
 export SECRETSYNC_TESTENV=$STATE
 export MOTO_RECORDING=$STATE/moto_recording
 export HELM=$helm
+export PROMETHEUS_BIN=$prometheus
+export PROMETHEUS_OPERATOR_CRDS=$operator_crds
 EOF
   wait_for "default ServiceAccount" 60 kube-controller-manager kubectl --kubeconfig "$STATE/kubeconfig" get serviceaccount default -n default
   echo started

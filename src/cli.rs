@@ -11,11 +11,13 @@ use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use tokio::sync::watch;
 
 use crate::api::{self, ExternalSecret};
 use crate::check::{self, CheckArgs};
 use crate::controller::{self, Context};
 use crate::data_hash::DataHasher;
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::server;
 use crate::store::Stores;
@@ -108,6 +110,29 @@ pub struct RunArgs {
     /// many are due at once (startup, a store change).
     #[arg(long, env = "SECRETSYNC_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
+
+    /// Run the controllers only while holding a Lease in the operator's namespace, so that several
+    /// replicas can run with one active. Standbys serve probes and metrics.
+    #[arg(long, env = "SECRETSYNC_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "SECRETSYNC_LEADER_ELECTION_LEASE",
+        default_value = "secretsync-leader"
+    )]
+    pub leader_election_lease: String,
+
+    /// This replica's name as lease holder; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Why the controllers stopped.
+enum Stop {
+    Signal,
+    LeaseLost,
 }
 
 pub async fn execute(cli: Cli) -> Result<(), BoxError> {
@@ -164,24 +189,83 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         &args.hash_key_secret,
     )
     .await?;
+    // A standby is healthy: ready before it leads, so that a rollout can proceed with one leader.
+    ready.store(true, Ordering::Relaxed);
+    let leadership = if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let acquire = Leadership::acquire(
+            client.clone(),
+            &args.operator_namespace,
+            &args.leader_election_lease,
+            &identity,
+        );
+        tokio::select! {
+            leadership = acquire => Some(leadership?),
+            () = leader::stop_signal() => {
+                http.abort();
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    metrics.leading(true);
+
     let aws = aws_config::load_from_env().await;
     let stores = Stores::new(client.clone(), aws, metrics.clone());
     let ctx = Arc::new(Context::new(
         client,
         stores,
         hasher,
-        metrics,
+        metrics.clone(),
         args.store_refresh_interval,
     ));
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "secretsync started"
     );
-    controller::run(ctx, args.namespace, args.concurrency).await;
+    let (stop, stopping) = watch::channel(false);
+    let stop_when = async {
+        let lost = async {
+            match &leadership {
+                Some(leadership) => leadership.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            () = leader::stop_signal() => Stop::Signal,
+            () = lost => Stop::LeaseLost,
+        };
+        stop.send_replace(true);
+        why
+    };
+    let (why, ()) = tokio::join!(
+        stop_when,
+        controller::run(ctx, args.namespace, args.concurrency, stopping)
+    );
+    metrics.leading(false);
     http.abort();
-    tracing::info!("secretsync stopped");
-    Ok(())
+    match (why, leadership) {
+        // Our caches and watches may be behind what the new leader did: start again from scratch.
+        (Stop::LeaseLost, _) => Err("lost the leader lease".into()),
+        (Stop::Signal, Some(leadership)) => {
+            leadership.release().await;
+            tracing::info!("secretsync stopped");
+            Ok(())
+        }
+        (Stop::Signal, None) => {
+            tracing::info!("secretsync stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Outside a pod: the host name and process id, unique enough among replicas run by hand.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "secretsync".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, BoxError> {

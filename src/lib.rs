@@ -11,6 +11,7 @@ pub mod controller;
 pub mod data_hash;
 pub mod error;
 pub mod fetch;
+pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod provider;

@@ -1,8 +1,12 @@
 //! Prometheus metrics, named as External Secrets Operator names them so that existing dashboards work.
 //! Labels carry object names only, never values or remote key contents.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -10,14 +14,20 @@ pub struct Metrics {
     sync_calls: IntCounterVec,
     sync_errors: IntCounterVec,
     es_condition: IntGaugeVec,
+    es_not_ready: IntGaugeVec,
+    /// The reason each not-ready ExternalSecret reports under, to drop that series when it changes.
+    not_ready_reasons: Mutex<HashMap<(String, String), String>>,
     store_condition: IntGaugeVec,
     cluster_store_condition: IntGaugeVec,
     provider_calls: IntCounterVec,
+    provider_errors: IntCounterVec,
+    reconciles_in_flight: IntGaugeVec,
     reconcile_duration: HistogramVec,
     rotations_detected: IntCounterVec,
     remote_secrets_watched: IntGaugeVec,
     propagation: HistogramVec,
     restarts: IntCounterVec,
+    leader: IntGauge,
 }
 
 impl Default for Metrics {
@@ -65,7 +75,16 @@ impl Default for Metrics {
         registry
             .register(Box::new(propagation.clone()))
             .expect("unique metric");
+        let leader = IntGauge::new(
+            "secretsync_leader",
+            "1 while this replica runs the controllers (holds the leader lease, or runs without election)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(leader.clone()))
+            .expect("unique metric");
         Metrics {
+            leader,
             sync_calls: counter(
                 "externalsecret_sync_calls_total",
                 "Total ExternalSecret syncs",
@@ -81,6 +100,12 @@ impl Default for Metrics {
                 "ExternalSecret condition status (1 for the current status)",
                 &["name", "namespace", "condition", "status"],
             ),
+            es_not_ready: gauge(
+                "secretsync_externalsecret_not_ready",
+                "1 for each ExternalSecret that is not Ready, with the class of its failure as reason",
+                &["name", "namespace", "reason"],
+            ),
+            not_ready_reasons: Mutex::default(),
             store_condition: gauge(
                 "secretstore_status_condition",
                 "SecretStore condition status",
@@ -95,6 +120,16 @@ impl Default for Metrics {
                 "externalsecret_provider_api_calls_count",
                 "Calls to secret providers by call and outcome",
                 &["provider", "call", "status"],
+            ),
+            provider_errors: counter(
+                "secretsync_provider_api_errors_total",
+                "Failed calls to secret providers, and per-secret errors of batched reads, by call and error code (ThrottlingException, AccessDeniedException, HTTP 403, ...)",
+                &["provider", "call", "code"],
+            ),
+            reconciles_in_flight: gauge(
+                "secretsync_reconciles_in_flight",
+                "Reconciles running now, by controller (ExternalSecrets are bounded by --concurrency)",
+                &["controller"],
             ),
             rotations_detected: counter(
                 "secretsync_rotations_detected_total",
@@ -118,6 +153,15 @@ impl Default for Metrics {
     }
 }
 
+/// A running reconcile, counted in `secretsync_reconciles_in_flight` while it lives.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
     pub fn sync(&self, namespace: &str, name: &str, ok: bool) {
         self.sync_calls.with_label_values(&[name, namespace]).inc();
@@ -126,11 +170,29 @@ impl Metrics {
         }
     }
 
-    pub fn external_secret_ready(&self, namespace: &str, name: &str, ready: bool) {
+    /// Ready when `not_ready` is `None`; otherwise not ready for that reason (an error class).
+    pub fn external_secret_ready(&self, namespace: &str, name: &str, not_ready: Option<&str>) {
+        let ready = not_ready.is_none();
         for (status, value) in [("True", ready), ("False", !ready)] {
             self.es_condition
                 .with_label_values(&[name, namespace, "Ready", status])
                 .set(value.into());
+        }
+        let key = (namespace.to_string(), name.to_string());
+        let mut reasons = self.not_ready_reasons.lock().expect("never poisoned");
+        let previous = match not_ready {
+            Some(reason) => reasons.insert(key, reason.to_string()),
+            None => reasons.remove(&key),
+        };
+        if let Some(previous) = previous.filter(|previous| Some(previous.as_str()) != not_ready) {
+            let _ = self
+                .es_not_ready
+                .remove_label_values(&[name, namespace, &previous]);
+        }
+        if let Some(reason) = not_ready {
+            self.es_not_ready
+                .with_label_values(&[name, namespace, reason])
+                .set(1);
         }
     }
 
@@ -164,6 +226,17 @@ impl Metrics {
                 .es_condition
                 .remove_label_values(&[name, namespace, "Ready", status]);
         }
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(reason) = self
+            .not_ready_reasons
+            .lock()
+            .expect("never poisoned")
+            .remove(&key)
+        {
+            let _ = self
+                .es_not_ready
+                .remove_label_values(&[name, namespace, &reason]);
+        }
     }
 
     pub fn forget_store(&self, namespace: Option<&str>, name: &str) {
@@ -173,11 +246,29 @@ impl Metrics {
         }
     }
 
-    pub fn provider_call(&self, provider: &str, call: &str, ok: bool) {
-        let status = if ok { "success" } else { "error" };
+    /// `error`: the error code of a failed call, `None` when it succeeded.
+    pub fn provider_call(&self, provider: &str, call: &str, error: Option<&str>) {
+        let status = if error.is_some() { "error" } else { "success" };
         self.provider_calls
             .with_label_values(&[provider, call, status])
             .inc();
+        if let Some(code) = error {
+            self.provider_error(provider, call, code);
+        }
+    }
+
+    /// An error inside a successful call: one secret of a batched read.
+    pub fn provider_error(&self, provider: &str, call: &str, code: &str) {
+        self.provider_errors
+            .with_label_values(&[provider, call, code])
+            .inc();
+    }
+
+    /// Counts a reconcile as running until the returned guard is dropped.
+    pub fn reconcile_started(&self, controller: &str) -> InFlight {
+        let gauge = self.reconciles_in_flight.with_label_values(&[controller]);
+        gauge.inc();
+        InFlight(gauge)
     }
 
     pub fn reconcile_duration(&self, controller: &str, seconds: f64) {
@@ -210,11 +301,67 @@ impl Metrics {
         self.restarts.with_label_values(&[kind, outcome]).inc();
     }
 
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(leading.into());
+    }
+
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding of gathered metrics");
         String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_ready_lines(metrics: &Metrics) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with("secretsync_externalsecret_not_ready{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_not_ready_external_secret_has_one_series_with_its_current_reason() {
+        let metrics = Metrics::default();
+        metrics.external_secret_ready("team", "db", Some("AccessDenied"));
+        metrics.external_secret_ready("team", "db", Some("RemoteKeyNotFound"));
+        let lines = not_ready_lines(&metrics);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(r#"reason="RemoteKeyNotFound""#),
+            "{lines:?}"
+        );
+
+        metrics.external_secret_ready("team", "db", None);
+        assert!(not_ready_lines(&metrics).is_empty());
+
+        metrics.external_secret_ready("team", "db", Some("AccessDenied"));
+        metrics.forget_external_secret("team", "db");
+        assert!(not_ready_lines(&metrics).is_empty());
+    }
+
+    #[test]
+    fn failed_calls_count_by_error_code() {
+        let metrics = Metrics::default();
+        metrics.provider_call("AWS/SecretsManager", "GetSecretValue", None);
+        metrics.provider_call(
+            "AWS/SecretsManager",
+            "GetSecretValue",
+            Some("ThrottlingException"),
+        );
+        let text = metrics.encode();
+        assert!(text.contains(
+            r#"secretsync_provider_api_errors_total{call="GetSecretValue",code="ThrottlingException",provider="AWS/SecretsManager"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"externalsecret_provider_api_calls_count{call="GetSecretValue",provider="AWS/SecretsManager",status="error"} 1"#
+        ), "{text}");
     }
 }

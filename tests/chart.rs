@@ -18,8 +18,12 @@ use serde_json::json;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/secretsync");
 
-/// Runs helm against the local stack; panics with its output when it fails.
-fn helm(args: &[&str]) -> String {
+/// Every optional part of the chart switched on.
+const EVERYTHING_ON: &str = "replicaCount=2,networkPolicy.enabled=true,metrics.serviceMonitor.enabled=true,\
+prometheusRule.enabled=true,grafanaDashboard.enabled=true";
+
+/// Runs helm against the local stack: whether it succeeded, and its output.
+fn try_helm(args: &[&str]) -> (bool, String) {
     let vars = env_vars();
     let output = Command::new(&vars["HELM"])
         .args(args)
@@ -31,8 +35,30 @@ fn helm(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "helm {}:\n{text}", args.join(" "));
+    (output.status.success(), text)
+}
+
+/// Runs helm against the local stack; panics with its output when it fails.
+fn helm(args: &[&str]) -> String {
+    let (ok, text) = try_helm(args);
+    assert!(ok, "helm {}:\n{text}", args.join(" "));
     text
+}
+
+fn kubectl_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new("kubectl")
+        .args(args)
+        .args(["-o", "json"])
+        .env("KUBECONFIG", &env_vars()["KUBECONFIG"])
+        .output()
+        .expect("kubectl is required");
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("kubectl prints JSON")
 }
 
 #[test]
@@ -44,7 +70,91 @@ fn the_chart_lints_with_defaults_and_options() {
         CHART,
         "--set",
         "watchNamespace=team-a,serviceAccount.roleArn=arn:aws:iam::123456789012:role/secretsync",
+        "--set",
+        EVERYTHING_ON,
     ]);
+    // Two active operators would fight over every Secret: the chart refuses.
+    let (ok, text) = try_helm(&[
+        "template",
+        CHART,
+        "--kube-version",
+        "1.34.0",
+        "--set",
+        "replicaCount=2,leaderElection.enabled=false",
+    ]);
+    assert!(
+        !ok && text.contains("needs leaderElection.enabled"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_chart_installs_with_monitoring_and_every_option_on() {
+    let t = TestContext::new("chart-monitoring").await;
+    let release = &t.namespace;
+    // The Prometheus operator's CRDs, as a cluster with kube-prometheus-stack has them.
+    let crds = &env_vars()["PROMETHEUS_OPERATOR_CRDS"];
+    let output = Command::new("kubectl")
+        .args(["apply", "--server-side", "-f", crds])
+        .env("KUBECONFIG", &env_vars()["KUBECONFIG"])
+        .output()
+        .expect("kubectl is required");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for("the ServiceMonitor CRD", common::TIMEOUT, || async {
+        let (ok, text) = try_helm(&[
+            "install",
+            release,
+            CHART,
+            "--namespace",
+            release,
+            "--skip-crds",
+            "--set",
+            EVERYTHING_ON,
+        ]);
+        ok.then_some(()).ok_or(text)
+    })
+    .await;
+    let fullname = format!("{release}-secretsync");
+    let get = |kind: &str, name: &str| kubectl_json(&["get", kind, name, "-n", release]);
+
+    let monitor = get("servicemonitor", &fullname);
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let service = get("service", &format!("{fullname}-metrics"));
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"]
+    );
+    let rule = get("prometheusrule", &fullname);
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert!(alerts.contains(&"SecretsyncDown"), "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
+    let dashboard = get("configmap", &format!("{fullname}-dashboard"));
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["secretsync.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json["uid"], "secretsync");
+    assert_eq!(get("pdb", &fullname)["spec"]["maxUnavailable"], 1);
+    let policy = get("networkpolicy", &fullname);
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let deployment = get("deployment", &fullname);
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!(format!("--leader-election-lease={fullname}-leader"))),
+        "{args}"
+    );
+    helm(&["uninstall", release, "--namespace", release]);
 }
 
 #[test]
@@ -201,6 +311,13 @@ async fn the_operator_works_with_the_chart_rbac_and_no_more() {
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
             ("SECRETSYNC_HASH_KEY_SECRET", &hash_key),
+            // As the chart's Deployment runs it: with the leader Lease the chart grants.
+            ("SECRETSYNC_LEADER_ELECT", "true"),
+            (
+                "SECRETSYNC_LEADER_ELECTION_LEASE",
+                &format!("{fullname}-leader"),
+            ),
+            ("POD_NAME", "chart-rbac-0"),
         ],
     );
     t.apply_yaml(&value_external_secret(

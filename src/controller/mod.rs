@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use kube::runtime::reflector::ObjectRef;
 use std::time::Duration;
+use tokio::sync::watch;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -135,14 +136,30 @@ impl Context {
     }
 }
 
-/// Runs every controller until a shutdown signal; `namespace` limits namespaced watches to one namespace.
-/// `concurrency` bounds the ExternalSecrets synced at once.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+/// Runs every controller until `stopping` turns true, then lets the reconciles in flight finish.
+/// `namespace` limits namespaced watches to one namespace; `concurrency` bounds the ExternalSecrets synced
+/// at once.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    stopping: watch::Receiver<bool>,
+) {
     futures::join!(
-        external_secret::run(ctx.clone(), namespace.clone(), concurrency),
-        secret_store::run_namespaced(ctx.clone(), namespace),
-        secret_store::run_cluster(ctx),
+        external_secret::run(
+            ctx.clone(),
+            namespace.clone(),
+            concurrency,
+            stopping.clone()
+        ),
+        secret_store::run_namespaced(ctx.clone(), namespace, stopping.clone()),
+        secret_store::run_cluster(ctx, stopping),
     );
+}
+
+/// Resolves once `stopping` turns true, or when its sender is gone.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// Writes an object's whole status with server-side apply under our field manager, so that fields we no

@@ -14,6 +14,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use super::{Context, apply_status, publish};
 use crate::api::{
@@ -60,23 +61,28 @@ impl StoreObject for ClusterSecretStore {
     }
 }
 
-pub async fn run_namespaced(ctx: Arc<Context>, namespace: Option<String>) {
+pub async fn run_namespaced(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    stopping: watch::Receiver<bool>,
+) {
     let api = match namespace {
         Some(ns) => Api::<SecretStore>::namespaced(ctx.client.clone(), &ns),
         None => Api::all(ctx.client.clone()),
     };
-    run(ctx, api).await
+    run(ctx, api, stopping).await
 }
 
-pub async fn run_cluster(ctx: Arc<Context>) {
+pub async fn run_cluster(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
     run(
         ctx.clone(),
         Api::<ClusterSecretStore>::all(ctx.client.clone()),
+        stopping,
     )
     .await
 }
 
-async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>) {
+async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>, stopping: watch::Receiver<bool>) {
     let (reader, writer) = reflector::store();
     // Status writes must not trigger another credentials check.
     let metrics = ctx.metrics.clone();
@@ -91,13 +97,15 @@ async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>) {
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(stores, reader)
-        .shutdown_on_signal()
+        .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| async {})
         .await;
 }
 
 async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let controller = K::kind(&()).to_lowercase();
+    let _in_flight = ctx.metrics.reconcile_started(&controller);
     let started = Instant::now();
     let namespace = store.namespace();
     let name = store.name_any();
@@ -108,10 +116,8 @@ async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<A
         requester_namespace: None,
     };
     let result = check(&ctx, store.spec(), &scope).await;
-    ctx.metrics.reconcile_duration(
-        &K::kind(&()).to_lowercase(),
-        started.elapsed().as_secs_f64(),
-    );
+    ctx.metrics
+        .reconcile_duration(&controller, started.elapsed().as_secs_f64());
     let (ready, reason, message) = match &result {
         Ok(message) => (true, "Valid", message.clone()),
         Err(err) => (false, store_reason(err), err.to_string()),

@@ -648,7 +648,12 @@ impl Operator {
         let vars = env_vars();
         let log_dir = Path::new(MANIFEST_DIR).join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log directory");
-        let log_path = log_dir.join(format!("{namespace}.log"));
+        // Replicas of one test (POD_NAME set) log apart.
+        let replica = extra_env
+            .iter()
+            .find(|(name, _)| *name == "POD_NAME")
+            .map_or(String::new(), |(_, pod)| format!("-{pod}"));
+        let log_path = log_dir.join(format!("{namespace}{replica}.log"));
         let log = std::fs::File::create(&log_path).expect("operator log file");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -722,6 +727,27 @@ impl Operator {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, as the kubelet does, and waits for the exit: (exit code, seconds it took).
+    pub fn terminate(&mut self) -> (Option<i32>, f64) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill is on PATH");
+        assert!(sent.success(), "SIGTERM to the operator");
+        let deadline = started + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the operator's status") {
+                return (status.code(), started.elapsed().as_secs_f64());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not stop within {TIMEOUT:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use crate::provider::{Provider, Version};
 use crate::rotation::{Detection, KeptFirst, Read, StoreHandle, Watches};
 use crate::target::{self, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
+use tokio::sync::watch;
 
 use status::{record_failure, record_gone, record_success};
 use template_sources::template_sources;
@@ -40,7 +41,12 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(300);
 /// Workload restarts that failed are tried again this often.
 const RESTART_RETRY: Duration = Duration::from_secs(30);
 
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    stopping: watch::Receiver<bool>,
+) {
     let client = ctx.client.clone();
     let (external_secrets, secrets, stores) = match &namespace {
         Some(ns) => (
@@ -121,7 +127,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16)
         // Rotations found by the version watches.
         .reconcile_on(woken)
         .with_config(controller::Config::default().concurrency(concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -169,6 +175,7 @@ enum Cleanup {
 }
 
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let _in_flight = ctx.metrics.reconcile_started(CONTROLLER);
     let started = Instant::now();
     let namespace = es.namespace().unwrap_or_default();
     let refresh = es.spec.refresh_interval().ok().flatten();

@@ -49,7 +49,7 @@ pub(super) async fn record_success(
     status.binding = binding;
     status.synced_versions = versions;
     ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), true);
+        .external_secret_ready(namespace, &es.name_any(), None);
     if status != old || written != Written::Unchanged {
         status.refresh_time = Some(Time(Timestamp::now()));
         patch_status(ctx, es, namespace, &status).await?;
@@ -92,7 +92,7 @@ pub(super) async fn record_gone(
         ),
     };
     ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), false);
+        .external_secret_ready(namespace, &es.name_any(), Some(reason));
     let mut status = es.status.clone().unwrap_or_default();
     let old = status.clone();
     set_condition(
@@ -129,7 +129,7 @@ pub(super) async fn record_failure(
 ) -> Result<()> {
     tracing::warn!(externalsecret = %key(es), reason = err.reason(), error = %err, "sync failed");
     ctx.metrics
-        .external_secret_ready(namespace, &es.name_any(), false);
+        .external_secret_ready(namespace, &es.name_any(), Some(err.reason()));
     let mut status = es.status.clone().unwrap_or_default();
     let old = status.clone();
     let message = format!("{}: {err}", err.reason());

@@ -14,14 +14,7 @@ where
     let status = err
         .raw_response()
         .map(|response| response.status().as_u16());
-    let (code, message) = match err.code() {
-        Some(code) => (Some(code.to_string()), err.message().map(str::to_string)),
-        None => err
-            .raw_response()
-            .and_then(|response| response.body().bytes())
-            .and_then(xml_error)
-            .map_or((None, None), |(code, message)| (Some(code), message)),
-    };
+    let (code, message) = code_and_message(&err);
     let detail = match (&code, &message, status) {
         (Some(code), Some(message), _) => format!("{code}: {message}"),
         (Some(code), None, _) => code.clone(),
@@ -36,6 +29,33 @@ where
         detail,
         status,
     )
+}
+
+/// The AWS error code and message, also when they only came in an XML body.
+fn code_and_message<E: ProvideErrorMetadata>(
+    err: &SdkError<E, Response>,
+) -> (Option<String>, Option<String>) {
+    match err.code() {
+        Some(code) => (Some(code.to_string()), err.message().map(str::to_string)),
+        None => err
+            .raw_response()
+            .and_then(|response| response.body().bytes())
+            .and_then(xml_error)
+            .map_or((None, None), |(code, message)| (Some(code), message)),
+    }
+}
+
+/// For metrics: `None` for a success, else the error code (`ThrottlingException`, `AccessDenied`), or
+/// `HTTP <status>` without one, or `NoResponse` (timeouts, connection and credentials-chain failures).
+pub fn error_code<T, E: ProvideErrorMetadata>(
+    result: &std::result::Result<T, SdkError<E, Response>>,
+) -> Option<String> {
+    let err = result.as_ref().err()?;
+    let code = code_and_message(err).0.or_else(|| {
+        err.raw_response()
+            .map(|response| format!("HTTP {}", response.status().as_u16()))
+    });
+    Some(code.unwrap_or_else(|| "NoResponse".to_string()))
 }
 
 /// Our error class for an AWS error code; also used for the per-secret errors of a batched read.

@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use super::AwsSecretsManager;
+use super::errors::error_code;
 use crate::error::Result;
 
 const PROVIDER: &str = "AWS/SQS";
@@ -32,7 +33,7 @@ impl AwsSecretsManager {
             .send()
             .await;
         self.metrics
-            .provider_call(PROVIDER, "ReceiveMessage", result.is_ok());
+            .provider_call(PROVIDER, "ReceiveMessage", error_code(&result).as_deref());
         let output = result.map_err(|err| super::classify("ReceiveMessage", None, err))?;
         let messages = output.messages();
         if messages.is_empty() {
@@ -56,8 +57,11 @@ impl AwsSecretsManager {
             .set_entries(Some(entries))
             .send()
             .await;
-        self.metrics
-            .provider_call(PROVIDER, "DeleteMessageBatch", deleted.is_ok());
+        self.metrics.provider_call(
+            PROVIDER,
+            "DeleteMessageBatch",
+            error_code(&deleted).as_deref(),
+        );
         // Not deleting only means the events come back: checking them twice is harmless.
         if let Err(err) = deleted {
             tracing::warn!(error = %super::classify("DeleteMessageBatch", None, err), "could not delete events from the queue");

@@ -18,7 +18,9 @@ use super::{RemoteSecret, RemoteValue, SecretProvider, Version};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::IdentityKey;
-use errors::{classify, classify_code};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response;
+use errors::{classify, classify_code, error_code};
 
 const PROVIDER: &str = "AWS/SecretsManager";
 /// BatchGetSecretValue takes at most this many secret ids.
@@ -74,8 +76,13 @@ impl AwsSecretsManager {
         }
     }
 
-    fn record<T, E>(&self, call: &str, result: &std::result::Result<T, E>) {
-        self.metrics.provider_call(PROVIDER, call, result.is_ok());
+    fn record<T, E: ProvideErrorMetadata>(
+        &self,
+        call: &str,
+        result: &std::result::Result<T, SdkError<E, Response>>,
+    ) {
+        self.metrics
+            .provider_call(PROVIDER, call, error_code(result).as_deref());
     }
 
     /// The stages of every secret whose name starts with `name_prefix` (all secrets when empty), 100 per
@@ -170,6 +177,8 @@ impl AwsSecretsManager {
                 .find(|e| e.secret_id() == Some(id.as_str()))
             {
                 let code = error.error_code().unwrap_or_default();
+                self.metrics
+                    .provider_error(PROVIDER, "BatchGetSecretValue", code);
                 let detail = format!("{code}: {}", error.message().unwrap_or_default());
                 let err = classify_code("BatchGetSecretValue", Some(key), code, detail, None);
                 read.push((key.clone(), Err(err)));

@@ -6,7 +6,7 @@ use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use aws_sdk_sts::types::Tag;
 
-use super::errors::classify;
+use super::errors::{classify, error_code};
 use crate::api::SessionTag;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -40,7 +40,7 @@ pub async fn assume_role_with_web_identity(
         .send()
         .await;
     let call = "AssumeRoleWithWebIdentity";
-    metrics.provider_call(PROVIDER, call, result.is_ok());
+    metrics.provider_call(PROVIDER, call, error_code(&result).as_deref());
     let output = result.map_err(|err| in_role(classify(call, None, err), role_arn))?;
     session_credentials(output.credentials, role_arn)
 }
@@ -68,7 +68,7 @@ pub async fn assume_role(
         )
         .send()
         .await;
-    metrics.provider_call(PROVIDER, "AssumeRole", result.is_ok());
+    metrics.provider_call(PROVIDER, "AssumeRole", error_code(&result).as_deref());
     let output =
         result.map_err(|err| in_role(classify("AssumeRole", None, err), &request.role_arn))?;
     session_credentials(output.credentials, &request.role_arn)
@@ -77,7 +77,11 @@ pub async fn assume_role(
 /// The ARN of the identity a client's credentials resolve to.
 pub async fn caller_identity(sts: &aws_sdk_sts::Client, metrics: &Metrics) -> Result<String> {
     let result = sts.get_caller_identity().send().await;
-    metrics.provider_call(PROVIDER, "GetCallerIdentity", result.is_ok());
+    metrics.provider_call(
+        PROVIDER,
+        "GetCallerIdentity",
+        error_code(&result).as_deref(),
+    );
     let identity = result.map_err(|err| classify("GetCallerIdentity", None, err))?;
     Ok(identity.arn.unwrap_or_default())
 }
