@@ -15,9 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, value_external_secret, wait_for,
-};
+use common::{MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, helm, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -27,22 +25,6 @@ use kube::{Client, Config};
 use serde_json::json;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/secretsync");
-
-fn helm(args: &[&str]) -> String {
-    let vars = env_vars();
-    let output = Command::new(&vars["HELM"])
-        .args(args)
-        .env("KUBECONFIG", &vars["KUBECONFIG"])
-        .output()
-        .expect("helm runs (hack/build-helm.sh builds it; `make test` does that)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "helm {}:\n{text}", args.join(" "));
-    text
-}
 
 /// Where the operator runs: in the cluster from an image, or out of cluster as the chart's ServiceAccount.
 enum Runner {
@@ -219,28 +201,8 @@ async fn syncs_rotates_and_restarts_with_the_chart_rbac() {
     let key = t.create_remote("db", "v1").await;
     t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
         .await;
-    t.apply_yaml(
-        &json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "annotations": {"secretsync.io/restart-on-change": "app"}},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}},
-                             "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
-            },
-        })
-        .to_string(),
-    )
-    .await;
-    t.apply_yaml(&value_external_secret(
-        "app",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("app", "v1").await;
+    t.restartable_deployment("web", "app").await;
+    t.sync_value("app", "aws", &key, "v1").await;
 
     // A rotation reaches the Secret by the version check, and rolls the Deployment that asked for it.
     t.put_remote(&key, "v2").await;

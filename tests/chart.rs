@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{MANIFEST_DIR, TestContext, env_vars, wait_for};
+use common::{MANIFEST_DIR, TestContext, env_vars, helm, kubectl, try_helm, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::json;
@@ -16,43 +16,9 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/secretsync");
 const EVERYTHING_ON: &str = "replicaCount=2,networkPolicy.enabled=true,metrics.serviceMonitor.enabled=true,\
 prometheusRule.enabled=true,grafanaDashboard.enabled=true";
 
-/// Runs helm against the local stack: whether it succeeded, and its output.
-fn try_helm(args: &[&str]) -> (bool, String) {
-    let vars = env_vars();
-    let output = Command::new(&vars["HELM"])
-        .args(args)
-        .env("KUBECONFIG", &vars["KUBECONFIG"])
-        .output()
-        .expect("helm runs (hack/build-helm.sh builds it; `make test` does that)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-/// Runs helm against the local stack; panics with its output when it fails.
-fn helm(args: &[&str]) -> String {
-    let (ok, text) = try_helm(args);
-    assert!(ok, "helm {}:\n{text}", args.join(" "));
-    text
-}
-
 fn kubectl_json(args: &[&str]) -> serde_json::Value {
-    let output = Command::new("kubectl")
-        .args(args)
-        .args(["-o", "json"])
-        .env("KUBECONFIG", &env_vars()["KUBECONFIG"])
-        .output()
-        .expect("kubectl is required");
-    assert!(
-        output.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("kubectl prints JSON")
+    let output = kubectl(&[args, &["-o", "json"][..]].concat());
+    serde_json::from_str(&output).expect("kubectl prints JSON")
 }
 
 #[test]
@@ -88,16 +54,7 @@ async fn the_chart_installs_with_monitoring_and_every_option_on() {
     let release = &t.namespace;
     // The Prometheus operator's CRDs, as a cluster with kube-prometheus-stack has them.
     let crds = &env_vars()["PROMETHEUS_OPERATOR_CRDS"];
-    let output = Command::new("kubectl")
-        .args(["apply", "--server-side", "-f", crds])
-        .env("KUBECONFIG", &env_vars()["KUBECONFIG"])
-        .output()
-        .expect("kubectl is required");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    kubectl(&["apply", "--server-side", "-f", crds]);
     wait_for("the ServiceMonitor CRD", common::TIMEOUT, || async {
         let (ok, text) = try_helm(&[
             "install",
@@ -192,18 +149,7 @@ fn plain_manifests_match_the_chart_and_apply() {
         ][..],
         &["apply", "--server-side", "-k", "config/"][..],
     ] {
-        let output = Command::new("kubectl")
-            .args(args)
-            .current_dir(MANIFEST_DIR)
-            .env("KUBECONFIG", &vars["KUBECONFIG"])
-            .output()
-            .expect("kubectl is required");
-        assert!(
-            output.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        kubectl(args);
     }
 }
 

@@ -515,13 +515,20 @@ async fn each_feature_needs_only_its_documented_permissions() {
         let message = wait_for_failure(&t, name).await;
         assert!(message.starts_with("AccessDenied: "), "{name}: {message}");
         assert!(message.contains(detail), "{name}: {message}");
-        let events = t.events_for(name).await;
-        assert!(
-            events
-                .iter()
-                .any(|(type_, reason, _)| type_ == "Warning" && reason == "ProviderError"),
-            "{name}: {events:?}"
-        );
+        // The event is recorded after the status is written: wait for it too.
+        wait_for(
+            &format!("{name}'s ProviderError event"),
+            TIMEOUT,
+            || async {
+                let events = t.events_for(name).await;
+                events
+                    .iter()
+                    .any(|(type_, reason, _)| type_ == "Warning" && reason == "ProviderError")
+                    .then_some(())
+                    .ok_or(events)
+            },
+        )
+        .await;
     }
 
     // A denial is permanent: reported once, retried slowly, not hot-looped.
@@ -532,7 +539,21 @@ async fn each_feature_needs_only_its_documented_permissions() {
             value_reads(&key).len(),
         )
     };
-    let before = calls_so_far();
+    // The failure's own status write brings one more reconcile (which writes nothing): let it finish.
+    let mut before = calls_so_far();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = calls_so_far();
+        if now == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls never settled after the denials: {now:?}"
+        );
+        before = now;
+    }
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     assert_eq!(calls_so_far(), before, "calls continued after a denial");
 }

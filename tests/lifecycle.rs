@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Operator, TIMEOUT, TestContext, value_external_secret, wait_for};
+use common::{Operator, TIMEOUT, TestContext, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
@@ -51,15 +51,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     let mut first = Operator::start(&t.namespace, &replica("replica-a"));
     wait_for_holder(&t, "replica-a").await;
     let mut second = Operator::start(&t.namespace, &replica("replica-b"));
-    t.apply_yaml(&value_external_secret(
-        "before",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("before", "v1").await;
+    t.sync_value("before", "aws", &key, "v1").await;
 
     // The standby is ready (a rollout goes on) and runs no controller.
     wait_for("the standby to be ready", TIMEOUT, || async {
@@ -94,15 +86,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
         "standby took over {:.1} s after the release",
         released.elapsed().as_secs_f64()
     );
-    t.apply_yaml(&value_external_secret(
-        "after",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("after", "v1").await;
+    t.sync_value("after", "aws", &key, "v1").await;
     assert_eq!(metric(&second, "secretsync_leader").await, Some(1.0));
 
     let (code, _) = second.terminate();
@@ -120,15 +104,7 @@ async fn without_election_sigterm_stops_cleanly() {
     t.default_store("aws").await;
     let key = t.create_remote("db", "v1").await;
     let mut operator = t.start_operator();
-    t.apply_yaml(&value_external_secret(
-        "app",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("app", "v1").await;
+    t.sync_value("app", "aws", &key, "v1").await;
     assert_eq!(metric(&operator, "secretsync_leader").await, Some(1.0));
     let (code, _) = operator.terminate();
     assert_eq!(code, Some(0), "{}", operator.log());

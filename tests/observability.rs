@@ -161,19 +161,7 @@ async fn prometheus_scrapes_the_operator_and_every_panel_has_data() {
     let key = t.create_remote("db", "v1").await;
     t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
         .await;
-    t.apply_yaml(
-        &json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "annotations": {"secretsync.io/restart-on-change": "app"}},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}},
-                             "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
-            },
-        })
-        .to_string(),
-    )
-    .await;
+    t.restartable_deployment("web", "app").await;
     let operator = t.start_operator();
     let target = operator.http_url.trim_start_matches("http://").to_string();
     let prometheus = Prometheus::start(&t.namespace, &target);

@@ -346,15 +346,7 @@ async fn an_annotated_deployment_restarts_once_per_change() {
     t.apply_yaml(&deployment("unrelated", "other-secret", false, "app"))
         .await;
     let _operator = t.start_operator();
-    t.apply_yaml(&value_external_secret(
-        "app",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("app", "v1").await;
+    t.sync_value("app", "aws", &key, "v1").await;
     assert_eq!(
         restarted_at(&t, "web").await,
         None,
@@ -421,15 +413,7 @@ async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
     let key = t.create_remote("db", "v1").await;
     t.store_with_check("aws", json!({"strategy": "None"})).await;
     let _operator = t.start_operator();
-    t.apply_yaml(&value_external_secret(
-        "app",
-        "aws",
-        "SecretStore",
-        &key,
-        None,
-    ))
-    .await;
-    t.wait_for_value("app", "v1").await;
+    t.sync_value("app", "aws", &key, "v1").await;
 
     // No checks: a rotation waits for the refresh interval, as with External Secrets Operator.
     t.put_remote(&key, "v2").await;

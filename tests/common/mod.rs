@@ -65,9 +65,10 @@ fn install_crds(kubeconfig: &str) {
     );
 }
 
-fn run_kubectl(kubeconfig: &str, args: &[&str]) {
+fn run_kubectl(kubeconfig: &str, args: &[&str]) -> String {
     let output = Command::new("kubectl")
         .args(args)
+        .current_dir(MANIFEST_DIR)
         .env("KUBECONFIG", kubeconfig)
         .output()
         .expect("kubectl is required: install it (https://kubernetes.io/docs/tasks/tools/)");
@@ -76,6 +77,35 @@ fn run_kubectl(kubeconfig: &str, args: &[&str]) {
         "kubectl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// kubectl against the stack, from the repository root; panics with its error when it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    run_kubectl(&env_vars()["KUBECONFIG"], args)
+}
+
+/// helm against the stack: whether it succeeded, and its output.
+pub fn try_helm(args: &[&str]) -> (bool, String) {
+    let vars = env_vars();
+    let output = Command::new(&vars["HELM"])
+        .args(args)
+        .env("KUBECONFIG", &vars["KUBECONFIG"])
+        .output()
+        .expect("helm runs (hack/build-helm.sh builds it; `make test` does that)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// helm against the stack; panics with its output when it fails.
+pub fn helm(args: &[&str]) -> String {
+    let (ok, text) = try_helm(args);
+    assert!(ok, "helm {}:\n{text}", args.join(" "));
+    text
 }
 
 pub async fn kube_client() -> Client {
@@ -460,6 +490,33 @@ pub fn value_external_secret(
 
 impl TestContext {
     /// Waits until the Secret `name` holds `expected` under the key `value`.
+    /// Applies a one-key ExternalSecret on a SecretStore and waits for its Secret to hold `expected`.
+    pub async fn sync_value(&self, name: &str, store: &str, key: &str, expected: &str) {
+        self.apply_yaml(&value_external_secret(
+            name,
+            store,
+            "SecretStore",
+            key,
+            None,
+        ))
+        .await;
+        self.wait_for_value(name, expected).await;
+    }
+
+    /// A Deployment that asks to be restarted when the Secret `secret` changes.
+    pub async fn restartable_deployment(&self, name: &str, secret: &str) {
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "annotations": {"secretsync.io/restart-on-change": secret}},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                             "spec": {"containers": [{"name": name, "image": "registry.invalid/web:1"}]}},
+            },
+        });
+        self.apply_yaml(&deployment.to_string()).await;
+    }
+
     pub async fn wait_for_value(&self, name: &str, expected: &str) {
         wait_for(
             &format!("Secret {name} = {expected:?}"),
