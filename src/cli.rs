@@ -245,19 +245,15 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     );
     metrics.leading(false);
     http.abort();
-    match (why, leadership) {
+    if let Stop::LeaseLost = why {
         // Our caches and watches may be behind what the new leader did: start again from scratch.
-        (Stop::LeaseLost, _) => Err("lost the leader lease".into()),
-        (Stop::Signal, Some(leadership)) => {
-            leadership.release().await;
-            tracing::info!("secretsync stopped");
-            Ok(())
-        }
-        (Stop::Signal, None) => {
-            tracing::info!("secretsync stopped");
-            Ok(())
-        }
+        return Err("lost the leader lease".into());
     }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    tracing::info!("secretsync stopped");
+    Ok(())
 }
 
 /// Outside a pod: the host name and process id, unique enough among replicas run by hand.

@@ -36,8 +36,9 @@ impl Leadership {
             .with_grace(LEASE_RENEW_GRACE_SECONDS)
             .build()
             .await?;
+        let lease = format!("{namespace}/{lease}");
         let (mut leading, task) = manager.watch().await;
-        tracing::info!(lease = %format!("{namespace}/{lease}"), %identity, "waiting for the leader lease");
+        tracing::info!(%lease, %identity, "waiting for the leader lease");
         if leading.wait_for(|leading| *leading).await.is_err() {
             // The manager stopped: its error says why.
             return match task.await {
@@ -47,11 +48,11 @@ impl Leadership {
                 )),
             };
         }
-        tracing::info!(lease = %format!("{namespace}/{lease}"), "leading");
+        tracing::info!(%lease, "leading");
         Ok(Leadership {
             leading,
             task,
-            lease: format!("{namespace}/{lease}"),
+            lease,
         })
     }
 
@@ -61,7 +62,8 @@ impl Leadership {
         let _ = leading.wait_for(|leading| !*leading).await;
     }
 
-    /// Gives the lease up, so that a standby takes over now instead of after the lease duration.
+    /// Gives the lease up, so that the Lease shows no holder. A standby still takes over only when the expiry
+    /// it last saw has passed (the lease manager does not watch the Lease): within the lease duration.
     pub async fn release(self) {
         drop(self.leading);
         match tokio::time::timeout(Duration::from_secs(LEASE_DURATION_SECONDS), self.task).await {
