@@ -62,7 +62,7 @@ pub async fn check(client: Client, args: CheckArgs) -> Result<bool, BoxError> {
         spec,
         cluster_store,
     } = load(&client, &args, &namespace).await?;
-    let aws = aws_config::load_from_env().await;
+    let aws = crate::provider::aws::load_config().await;
     let stores = Stores::new(client, aws, Arc::new(Metrics::default()));
     let scope = StoreScope {
         kind,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -127,6 +128,11 @@ pub struct RunArgs {
     /// This replica's name as lease holder; the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// On SIGTERM, how long syncs in flight may take to finish; keep it under the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "SECRETSYNC_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 /// Why the controllers stopped.
@@ -174,6 +180,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     telemetry::init(args.log_format, &args.log_level);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     ensure_crds_installed(&client, args.namespace.as_deref()).await?;
+    ensure_operator_namespace(&client, &args.operator_namespace).await?;
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -211,7 +218,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
     };
     metrics.leading(true);
 
-    let aws = aws_config::load_from_env().await;
+    let aws = crate::provider::aws::load_config().await;
     let stores = Stores::new(client.clone(), aws, metrics.clone());
     let ctx = Arc::new(Context::new(
         client,
@@ -239,10 +246,28 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         stop.send_replace(true);
         why
     };
-    let (why, ()) = tokio::join!(
-        stop_when,
-        controller::run(ctx, args.namespace, args.concurrency, stopping)
-    );
+    let controllers = tokio::spawn(controller::run(
+        ctx,
+        args.namespace,
+        args.concurrency,
+        stopping,
+    ));
+    let why = stop_when.await;
+    // In-flight syncs may finish, but a sync stuck on an unresponsive AWS must not outlast the pod's grace
+    // period: what is cut short is synced again by the next leader. Without the lease there is no grace:
+    // another replica may be writing already.
+    let grace = match why {
+        Stop::Signal => args.shutdown_timeout,
+        Stop::LeaseLost => Duration::ZERO,
+    };
+    let abort = controllers.abort_handle();
+    if tokio::time::timeout(grace, controllers).await.is_err() {
+        tracing::warn!(
+            seconds = args.shutdown_timeout.as_secs(),
+            "syncs still in flight at the shutdown deadline are cut short"
+        );
+        abort.abort();
+    }
     metrics.leading(false);
     http.abort();
     if let Stop::LeaseLost = why {
@@ -278,6 +303,23 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Box
     Ok(Client::try_from(config)?)
 }
 
+/// The hash key and the leader Lease live in the operator's own namespace: say how to make it, rather than
+/// fail on the first write there.
+async fn ensure_operator_namespace(client: &Client, namespace: &str) -> Result<(), BoxError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the operator's namespace {namespace:?} does not exist: create it with `kubectl create namespace {namespace}`, \
+             or name another with --operator-namespace"
+        )
+        .into()),
+        // Without permission to read namespaces, the first write there tells.
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        Err(err) => Err(crate::Error::from(err).into()),
+    }
+}
+
 async fn ensure_crds_installed(client: &Client, namespace: Option<&str>) -> Result<(), BoxError> {
     let api: Api<ExternalSecret> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -288,6 +330,8 @@ async fn ensure_crds_installed(client: &Client, namespace: Option<&str>) -> Resu
             "the secretsync CRDs are not installed: run `kubectl apply -f crds/` (or `secretsync crds | kubectl apply -f -`)"
                 .into(),
         ),
-        result => result.map(|_| ()).map_err(Into::into),
+        result => result
+            .map(|_| ())
+            .map_err(|err| crate::Error::from(err).into()),
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::api::StoreKind;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error("{kind} {name:?} not found{}", in_namespace(namespace))]
     StoreNotFound {
@@ -103,8 +103,49 @@ pub enum Error {
     )]
     ImmutableSecret(String),
 
-    #[error("Kubernetes API error: {0}")]
+    #[error("Kubernetes API error: {}", summarize_kube(.0))]
     Kube(#[from] kube::Error),
+}
+
+// The same text as Display: kube's own Debug carries the API server's whole answer.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({self})", self.reason())
+    }
+}
+
+/// The API server's answer without what it quotes of the request: a 400 or 422 for a Secret names the
+/// offending value ("Invalid value: \"...\""), and that value may be a secret (a templated label, say). Those
+/// are summarised by field and cause; other messages name objects and permissions only.
+fn summarize_kube(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if matches!(status.code, 400 | 422) => {
+            let causes: Vec<String> = status
+                .details
+                .iter()
+                .flat_map(|details| &details.causes)
+                .map(|cause| match cause.field.as_str() {
+                    "" => cause.reason.clone(),
+                    field => format!("{field}: {}", cause.reason),
+                })
+                .collect();
+            let reason = if status.reason.is_empty() {
+                "BadRequest"
+            } else {
+                &status.reason
+            };
+            match causes.is_empty() {
+                true => format!("{reason} (HTTP {})", status.code),
+                false => format!("{reason} (HTTP {}): {}", status.code, causes.join(", ")),
+            }
+        }
+        kube::Error::Api(status) => format!(
+            "{} (HTTP {}): {}",
+            status.reason, status.code, status.message
+        ),
+        kube::Error::SerdeError(_) => "the API server's answer could not be read".to_string(),
+        other => other.to_string(),
+    }
 }
 
 fn in_namespace(namespace: &Option<String>) -> String {

@@ -12,11 +12,22 @@ use crate::provider::{RemoteSecret, RemoteValue, SecretProvider, Version};
 
 /// The data read, the VersionId of each remote secret read (key, or `key@version` for a pinned one), and
 /// the remote secrets themselves for the version watches.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Fetched {
     pub data: BTreeMap<String, Vec<u8>>,
     pub versions: BTreeMap<String, String>,
     pub reads: Vec<(String, Version, RemoteSecret)>,
+}
+
+// Keys and versions only: the values are secrets (`RemoteSecret` redacts its own).
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("versions", &self.versions)
+            .field("reads", &self.reads)
+            .finish()
+    }
 }
 
 pub enum Outcome {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -237,6 +238,33 @@ impl Metrics {
                 .es_not_ready
                 .remove_label_values(&[name, namespace, &reason]);
         }
+    }
+
+    /// The (namespace, name) of every ExternalSecret that has series, to drop those of ExternalSecrets that
+    /// are gone.
+    pub fn external_secrets_with_series(&self) -> Vec<(String, String)> {
+        let families = self
+            .sync_calls
+            .collect()
+            .into_iter()
+            .chain(self.es_condition.collect());
+        let mut seen: Vec<(String, String)> = families
+            .flat_map(|family| family.get_metric().to_vec())
+            .map(|metric| {
+                let label = |wanted: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == wanted)
+                        .map(|pair| pair.value().to_string())
+                        .unwrap_or_default()
+                };
+                (label("namespace"), label("name"))
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
     }
 
     pub fn forget_store(&self, namespace: Option<&str>, name: &str) {

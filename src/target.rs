@@ -1,10 +1,11 @@
 //! The target Secret: the one place that reads and writes the Secrets an ExternalSecret produces, per its
 //! `creationPolicy` and `deletionPolicy`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
@@ -12,12 +13,35 @@ use crate::api::{CreationPolicy, ExternalSecret};
 use crate::data_hash::DataHasher;
 use crate::error::{Error, Result};
 use crate::template::Rendered;
+use sha2::{Digest, Sha256};
 
+/// The field manager of everything but target Secrets (status, restarts, the hash key).
 pub const FIELD_MANAGER: &str = "secretsync";
+/// The one manager every ExternalSecret shared for Secrets before each had its own: its entries are taken over.
+const LEGACY_SECRET_MANAGER: &str = FIELD_MANAGER;
+/// Kubernetes refuses longer field manager names.
+const MAX_MANAGER_LEN: usize = 128;
 pub const MANAGED_LABEL: &str = "secretsync.io/managed";
 pub const DATA_HASH_ANNOTATION: &str = "secretsync.io/data-hash";
 /// Names the ExternalSecret that wrote a Secret; with `creationPolicy: Orphan` it is the only owner mark.
 pub const EXTERNAL_SECRET_ANNOTATION: &str = "secretsync.io/external-secret";
+
+/// The field manager of one ExternalSecret's writes to its Secret. Each ExternalSecret has its own, so that
+/// under server-side apply two ExternalSecrets writing one Secret (Merge + Merge, Owner + Merge) own only their
+/// own keys and never remove each other's. The Secret is in the ExternalSecret's namespace, so the name is
+/// enough; a name too long for a manager is cut and made unique by a digest.
+pub fn field_manager(es: &ExternalSecret) -> String {
+    let manager = format!("secretsync/{}", es.name_any());
+    if manager.len() <= MAX_MANAGER_LEN {
+        return manager;
+    }
+    let digest = Sha256::digest(manager.as_bytes());
+    let suffix: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{suffix}",
+        &manager[..MAX_MANAGER_LEN - suffix.len() - 1]
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -51,13 +75,25 @@ pub fn ensure_owned(existing: &Secret, es: &ExternalSecret) -> Result<()> {
     }
 }
 
-/// Whether the Secret still holds what we wrote: managed label present and data matching our hash.
-/// A hand-edited value (or annotation) fails this, since only we know the hash key.
-pub fn is_intact(existing: &Secret, hasher: &DataHasher) -> bool {
-    let empty = BTreeMap::new();
-    let data = existing.data.as_ref().unwrap_or(&empty);
+/// Whether the Secret still holds what we wrote: managed label present and our keys' data matching our hash.
+/// A hand-edited value (or annotation) fails this, since only we know the hash key; keys that a Merge
+/// ExternalSecret added under its own manager are not ours and do not count.
+pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) -> bool {
+    let manager = field_manager(es);
+    let ours: BTreeSet<String> = applied_fields(existing, &manager)
+        .into_iter()
+        .filter(|(path, _)| path.as_slice() == ["data"])
+        .map(|(_, key)| key)
+        .collect();
+    let data: BTreeMap<String, ByteString> = existing
+        .data
+        .iter()
+        .flatten()
+        .filter(|(key, _)| ours.contains(*key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     existing.labels().get(MANAGED_LABEL).map(String::as_str) == Some("true")
-        && existing.annotations().get(DATA_HASH_ANNOTATION) == Some(&hasher.hash(data))
+        && existing.annotations().get(DATA_HASH_ANNOTATION) == Some(&hasher.hash(&data))
 }
 
 /// Writes the Secret with server-side apply under our field manager. `Owner` and `Orphan` write the whole
@@ -147,17 +183,114 @@ async fn apply(
     before: Option<&Secret>,
 ) -> Result<Written> {
     // Force: fields another manager set on our keys (a hand edit) are taken back.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(&field_manager(es)).force();
     let after = api
         .patch(es.target_name(), &params, &Patch::Apply(secret))
         .await?;
-    Ok(match before {
+    let written = match before {
         None => Written::Created,
+        Some(before) if before.data != after.data => Written::Updated { data_changed: true },
         Some(before) if before.resource_version() != after.resource_version() => Written::Updated {
-            data_changed: before.data != after.data,
+            data_changed: false,
         },
         Some(_) => Written::Unchanged,
-    })
+    };
+    release_legacy_fields(api, &after, &field_manager(es)).await?;
+    Ok(written)
+}
+
+/// Takes over from the manager that every ExternalSecret shared before: what `manager` now owns is dropped
+/// from the legacy entry, and the rest (another ExternalSecret's keys, not yet written under its own manager)
+/// is applied again as it is, so that no key is lost. Once every writer has synced, the entry is gone.
+async fn release_legacy_fields(api: &Api<Secret>, secret: &Secret, manager: &str) -> Result<()> {
+    if managed_entry(secret, LEGACY_SECRET_MANAGER).is_none() {
+        return Ok(());
+    }
+    let ours: BTreeSet<(Vec<&str>, String)> = applied_fields(secret, manager).into_iter().collect();
+    let keep = |section: &[&str]| -> BTreeSet<String> {
+        applied_fields(secret, LEGACY_SECRET_MANAGER)
+            .into_iter()
+            .filter(|(path, key)| {
+                path.as_slice() == section && !ours.contains(&(path.clone(), key.clone()))
+            })
+            .map(|(_, key)| key)
+            .collect()
+    };
+    // Empty maps are left out, so that a manager left with nothing has no entry at all.
+    let pick = |map: Option<&BTreeMap<String, String>>, keys: BTreeSet<String>| {
+        Some(
+            map.into_iter()
+                .flatten()
+                .filter(|(key, _)| keys.contains(*key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .filter(|picked| !picked.is_empty())
+    };
+    let data_keys = keep(&["data"]);
+    let legacy = legacy_scalars(secret);
+    let ours_scalars = manager_scalars(secret, manager);
+    let remaining = Secret {
+        metadata: ObjectMeta {
+            name: secret.metadata.name.clone(),
+            labels: pick(
+                secret.metadata.labels.as_ref(),
+                keep(&["metadata", "labels"]),
+            ),
+            annotations: pick(
+                secret.metadata.annotations.as_ref(),
+                keep(&["metadata", "annotations"]),
+            ),
+            owner_references: (legacy.owner_references && !ours_scalars.owner_references)
+                .then(|| secret.metadata.owner_references.clone())
+                .flatten(),
+            ..Default::default()
+        },
+        data: Some(
+            secret
+                .data
+                .iter()
+                .flatten()
+                .filter(|(key, _)| data_keys.contains(*key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .filter(|data| !data.is_empty()),
+        type_: (legacy.type_ && !ours_scalars.type_)
+            .then(|| secret.type_.clone())
+            .flatten(),
+        immutable: (legacy.immutable && !ours_scalars.immutable)
+            .then_some(secret.immutable)
+            .flatten(),
+        ..Default::default()
+    };
+    let params = PatchParams::apply(LEGACY_SECRET_MANAGER).force();
+    api.patch(&secret.name_any(), &params, &Patch::Apply(&remaining))
+        .await?;
+    Ok(())
+}
+
+/// Which of the Secret's single fields a manager's apply entry holds.
+#[derive(Default)]
+struct Scalars {
+    owner_references: bool,
+    type_: bool,
+    immutable: bool,
+}
+
+fn manager_scalars(secret: &Secret, manager: &str) -> Scalars {
+    let Some(fields) = managed_entry(secret, manager).and_then(|e| e.fields_v1.as_ref()) else {
+        return Scalars::default();
+    };
+    Scalars {
+        owner_references: fields.0["f:metadata"]["f:ownerReferences"].is_object(),
+        type_: fields.0["f:type"].is_object(),
+        immutable: fields.0["f:immutable"].is_object(),
+    }
+}
+
+fn legacy_scalars(secret: &Secret) -> Scalars {
+    manager_scalars(secret, LEGACY_SECRET_MANAGER)
 }
 
 /// `deletionPolicy: Merge`: takes the keys, labels and annotations we applied out of the Secret and leaves
@@ -170,9 +303,19 @@ pub async fn remove_our_keys(
     hasher: &DataHasher,
     before: &Secret,
 ) -> Result<Written> {
-    let ours = applied_fields(before);
+    let manager = field_manager(es);
+    let ours = applied_fields(before, &manager);
+    // A key that another ExternalSecret applies too is still wanted: it stays.
+    let shared: BTreeSet<(Vec<&str>, String)> = before
+        .managed_fields()
+        .iter()
+        .filter_map(|entry| entry.manager.as_deref())
+        .filter(|other| *other != manager)
+        .flat_map(|other| applied_fields(before, other))
+        .collect();
     let removed = |section: &[&str]| -> serde_json::Map<String, serde_json::Value> {
         ours.iter()
+            .filter(|field| !shared.contains(*field))
             .filter(|(path, _)| path.as_slice() == section)
             .map(|(_, key)| (key.clone(), serde_json::Value::Null))
             .collect()
@@ -190,7 +333,9 @@ pub async fn remove_our_keys(
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .filter(|(key, _)| !data_removed.contains_key(key))
+            .filter(|(key, _)| {
+                ours.contains(&(vec!["data"], key.clone())) && !data_removed.contains_key(key)
+            })
             .collect();
         annotations.insert(DATA_HASH_ANNOTATION.into(), hasher.hash(&remaining).into());
         annotations.remove(EXTERNAL_SECRET_ANNOTATION);
@@ -204,7 +349,7 @@ pub async fn remove_our_keys(
         "data": std::mem::take(&mut data_removed),
     });
     let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
+        field_manager: Some(manager),
         ..Default::default()
     };
     let after = api
@@ -217,12 +362,15 @@ pub async fn remove_our_keys(
     })
 }
 
-/// The map entries our field manager applied, as (path of the map, key): `(["data"], "password")`.
-fn applied_fields(secret: &Secret) -> Vec<(Vec<&'static str>, String)> {
-    let entry = secret.managed_fields().iter().find(|entry| {
-        entry.manager.as_deref() == Some(FIELD_MANAGER)
-            && entry.operation.as_deref() == Some("Apply")
-    });
+fn managed_entry<'a>(secret: &'a Secret, manager: &str) -> Option<&'a ManagedFieldsEntry> {
+    secret.managed_fields().iter().find(|entry| {
+        entry.manager.as_deref() == Some(manager) && entry.operation.as_deref() == Some("Apply")
+    })
+}
+
+/// The map entries a field manager applied, as (path of the map, key): `(["data"], "password")`.
+fn applied_fields(secret: &Secret, manager: &str) -> Vec<(Vec<&'static str>, String)> {
+    let entry = managed_entry(secret, manager);
     let Some(fields) = entry.and_then(|entry| entry.fields_v1.as_ref()) else {
         return Vec::new();
     };

@@ -8,7 +8,13 @@ use common::{Operator, TIMEOUT, TestContext, wait_for};
 
 const CANARY: &str = "canary-8c1f0e6b-do-not-log";
 /// ExternalSecrets that fail on a value holding the canary.
-const BROKEN: [&str; 3] = ["broken", "broken-template", "broken-decoding"];
+const BROKEN: [&str; 5] = [
+    "broken",
+    "broken-template",
+    "broken-decoding",
+    "broken-lookup",
+    "broken-label",
+];
 
 #[tokio::test]
 async fn canary_value_never_appears_in_logs_events_or_status() {
@@ -45,6 +51,21 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
     ))
     .await;
 
+    // `lookup(password)` for `lookup("password")`: the value becomes the name looked up.
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: broken-lookup}}\nspec:\n  \
+         secretStoreRef: {{name: aws}}\n  dataFrom: [{{extract: {{key: {json_key}}}}}]\n  \
+         target: {{template: {{data: {{x: '{{{{ lookup(password) }}}}'}}}}}}\n"
+    ))
+    .await;
+    // A templated label the API server refuses: its 422 quotes the value.
+    t.apply_yaml(&format!(
+        "apiVersion: secretsync.io/v1alpha1\nkind: ExternalSecret\nmetadata: {{name: broken-label}}\nspec:\n  \
+         secretStoreRef: {{name: aws}}\n  dataFrom: [{{extract: {{key: {json_key}}}}}]\n  \
+         target: {{template: {{metadata: {{labels: {{l: '{{{{ password }}}}!'}}}}}}}}\n"
+    ))
+    .await;
+
     wait_for("the canary Secret", TIMEOUT, || async {
         let data = t.secret_data("canary").await.ok_or("absent")?;
         (data.get("password").map(String::as_str) == Some(CANARY))
@@ -61,6 +82,14 @@ async fn canary_value_never_appears_in_logs_events_or_status() {
         })
         .await;
     }
+    let lookup = t.es_ready("broken-lookup").await.unwrap();
+    assert!(lookup.2.starts_with("TemplateError: "), "{lookup:?}");
+    let label = t.es_ready("broken-label").await.unwrap();
+    assert!(
+        label.2.contains("Invalid") && label.2.contains("metadata.labels"),
+        "the refusal names the field: {label:?}"
+    );
+
     // A rotation, so that update paths are logged too.
     t.put_remote(&plain_key, &format!("{CANARY}-2")).await;
     t.force_sync("canary", "1").await;

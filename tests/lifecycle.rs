@@ -116,3 +116,36 @@ async fn without_election_sigterm_stops_cleanly() {
     let leases: Api<Lease> = Api::namespaced(t.client.clone(), &t.namespace);
     assert!(leases.get_opt(LEASE).await.unwrap().is_none());
 }
+
+/// A first run out of cluster, where the operator's own namespace does not exist: one line that says what is
+/// missing and the command that makes it, not an API error dump.
+#[tokio::test]
+async fn a_missing_operator_namespace_is_one_clear_line() {
+    let t = TestContext::new("no-operator-ns").await;
+    let missing = format!("{}-missing", t.namespace);
+    let vars = common::env_vars();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_secretsync"))
+        .args([
+            "run",
+            "--namespace",
+            &t.namespace,
+            "--operator-namespace",
+            &missing,
+        ])
+        .args(["--metrics-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", &vars["KUBECONFIG"])
+        .output()
+        .expect("run the secretsync binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("secretsync: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("kubectl create namespace {missing}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Status {"), "{stderr}");
+}

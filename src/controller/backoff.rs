@@ -29,6 +29,14 @@ impl Backoff {
     pub fn reset(&self, key: &str) {
         self.failures.lock().expect("backoff lock").remove(key);
     }
+
+    /// Keeps the counts of the keys for which `live` holds.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.failures
+            .lock()
+            .expect("backoff lock")
+            .retain(|key, _| live(key));
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,20 @@ impl Context {
     fn forget_sync(&self, key: &str) {
         self.last_sync.lock().expect("never poisoned").remove(key);
     }
+
+    /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist
+    /// can miss a deletion, and nothing may grow with objects that are gone.
+    fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.last_sync
+            .lock()
+            .expect("never poisoned")
+            .retain(|key, _| live(key));
+        self.pending_restarts
+            .lock()
+            .expect("never poisoned")
+            .retain(|key, _| live(key));
+        self.backoff.retain(&live);
+    }
 }
 
 /// Runs every controller until `stopping` turns true, then lets the reconciles in flight finish.

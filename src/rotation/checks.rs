@@ -59,6 +59,7 @@ async fn poll(watches: Arc<Watches>, key: GroupKey) {
                 continue;
             }
         };
+        let started = Instant::now();
         let observed = match key.check.strategy {
             VersionCheckStrategy::DescribeSecret => describe(&client, &targets).await,
             _ => list(&client, &targets).await,
@@ -67,7 +68,7 @@ async fn poll(watches: Arc<Watches>, key: GroupKey) {
             Ok(observed) => {
                 watches.report(&key, None).await;
                 let observed = observed.into_iter().map(|(k, o)| (k, o, None)).collect();
-                watches.apply(&key, &client, observed).await;
+                watches.apply(&key, &client, observed, started).await;
             }
             Err(err) => watches.report(&key, Some(&err)).await,
         }
@@ -118,6 +119,7 @@ async fn listen(watches: Arc<Watches>, key: GroupKey) {
             continue;
         }
         let matched: Vec<String> = named.keys().cloned().collect();
+        let started = Instant::now();
         match describe(&client, &matched).await {
             Ok(observed) => {
                 let observed = observed
@@ -127,7 +129,7 @@ async fn listen(watches: Arc<Watches>, key: GroupKey) {
                         (k, o, time)
                     })
                     .collect();
-                watches.apply(&key, &client, observed).await;
+                watches.apply(&key, &client, observed, started).await;
             }
             Err(err) => watches.report(&key, Some(&err)).await,
         }
@@ -246,6 +248,7 @@ impl Watches {
         key: &GroupKey,
         client: &AwsSecretsManager,
         observed: Vec<(String, Observation, Option<Timestamp>)>,
+        started: Instant,
     ) {
         let now = Instant::now();
         let mut wake = Vec::new();
@@ -271,14 +274,44 @@ impl Watches {
                     }
                     Observation::Stages(stages) => stages,
                 };
+                // A sync's read that finished during this check saw newer stages than the check did.
+                if watched.as_of.is_some_and(|as_of| as_of > started) {
+                    continue;
+                }
+                // Stages pointed back at a version they moved away from: a lagging listing, believed only
+                // once a read of the value confirms it.
+                let lagging: BTreeSet<String> = stages
+                    .iter()
+                    .filter(|(_, id)| watched.superseded.contains(id))
+                    .map(|(stage, _)| stage.clone())
+                    .collect();
+                if lagging.contains(Version::CURRENT)
+                    && watched
+                        .watched_stages()
+                        .contains(&Version::CURRENT.to_string())
+                {
+                    current_to_read.push(target.clone());
+                }
                 let returned = std::mem::take(&mut watched.gone);
                 let changed: BTreeSet<String> = watched
                     .watched_stages()
                     .into_iter()
-                    .filter(|stage| returned || stages.get(*stage) != watched.stages.get(*stage))
+                    .filter(|stage| {
+                        returned
+                            || (!lagging.contains(*stage)
+                                && stages.get(*stage) != watched.stages.get(*stage))
+                    })
                     .cloned()
                     .collect();
-                watched.stages = stages;
+                watched
+                    .stages
+                    .retain(|stage, _| stages.contains_key(stage) || lagging.contains(stage));
+                for (stage, id) in &stages {
+                    if !lagging.contains(stage) {
+                        watched.set_stage(stage, id);
+                    }
+                }
+                watched.as_of = Some(started);
                 if changed.is_empty() {
                     continue;
                 }
@@ -302,13 +335,14 @@ impl Watches {
                 moved.push((target, changed));
             }
         }
-        if moved.is_empty() && wake.is_empty() {
+        if moved.is_empty() && wake.is_empty() && current_to_read.is_empty() {
             return;
         }
         self.metrics
             .rotations_detected(strategy_label(key.check.strategy), moved.len() as u64);
 
         // Read once here, so that the woken ExternalSecrets find the values kept and read nothing.
+        let reading = Instant::now();
         let mut read = Vec::new();
         match client.get_current_batch(&current_to_read).await {
             Ok(results) => read.extend(
@@ -336,10 +370,16 @@ impl Watches {
             else {
                 continue;
             };
-            // The batch answers with AWSCURRENT as it is now, which may already be newer than listed.
+            // The batch answers with AWSCURRENT as it is now, which may already be newer than listed, or
+            // confirm that a stage really went back.
+            let mut moved_now = BTreeSet::new();
             for stage in &secret.stages {
-                watched.stages.insert(stage.clone(), id.clone());
+                if watched.set_stage(stage, &id) {
+                    moved_now.insert(stage.clone());
+                }
             }
+            watched.as_of = Some(reading);
+            wake.extend(watched.readers_of(&moved_now));
             watched.detected.entry(id.clone()).or_insert(Detection {
                 at: now,
                 event_time: None,
@@ -362,9 +402,11 @@ impl Watches {
         self.wake_all(wake);
     }
 
-    /// Reports a failing check once (log and a Warning event on the store), and its recovery.
+    /// Reports a failing check once (log and a Warning event on the store), and its recovery. A recovery
+    /// wakes every ExternalSecret of the group: those that failed while AWS did would otherwise wait out
+    /// their backoff, up to minutes after AWS answers again.
     async fn report(&self, key: &GroupKey, error: Option<&Error>) {
-        let (store, message) = {
+        let (store, message, readers) = {
             let mut state = self.lock();
             let Some(group) = state.groups.get_mut(key) else {
                 return;
@@ -375,10 +417,16 @@ impl Watches {
                 return;
             }
             group.last_error = message.clone();
-            (group.store.clone(), message)
+            let readers: Vec<_> = group
+                .secrets
+                .values()
+                .flat_map(|watched| watched.readers.keys().cloned())
+                .collect();
+            (group.store.clone(), message, readers)
         };
         let Some(message) = message else {
-            tracing::info!(store = %store.name, "version checks work again");
+            tracing::info!(store = %store.name, woken = readers.len(), "version checks work again");
+            self.wake_all(readers);
             return;
         };
         tracing::warn!(store = %store.name, error = %message, "version check failed; rotations are picked up at the refresh interval until it works");

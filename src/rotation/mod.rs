@@ -9,7 +9,7 @@
 
 mod checks;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,13 +61,17 @@ impl StoreHandle {
 }
 
 /// One remote secret read by one ExternalSecret: as written in the ExternalSecret, the VersionId written,
-/// and the value when it was just read.
+/// the value when it was just read, and when the read started (what it says is true as of then).
 pub struct Read {
     pub key: String,
     pub version: Version,
     pub version_id: String,
     pub secret: Option<RemoteSecret>,
+    pub at: Instant,
 }
+
+/// VersionIds remembered per secret as having been replaced in a stage: enough for any lag AWS shows.
+const SUPERSEDED_KEPT: usize = 16;
 
 /// When a new version was noticed, and when AWS says it happened (events only).
 #[derive(Clone, Copy)]
@@ -88,9 +92,31 @@ struct Watched {
     detected: HashMap<String, Detection>,
     /// Reported as gone by the last check: readers were woken once.
     gone: bool,
+    /// When what `stages` says was true: an observation from before it (a slow sync's read) is older news
+    /// and never moves a stage back.
+    as_of: Option<Instant>,
+    /// VersionIds that stages moved away from, newest last. A listing that points a stage at one of them
+    /// again is lagging (ListSecrets can, by minutes) until a read of the value confirms it.
+    superseded: VecDeque<String>,
 }
 
 impl Watched {
+    /// Points `stage` at `id`; returns whether it moved.
+    fn set_stage(&mut self, stage: &str, id: &str) -> bool {
+        let previous = self.stages.insert(stage.to_string(), id.to_string());
+        self.superseded.retain(|old| old != id);
+        match previous {
+            Some(previous) if previous != id => {
+                self.superseded.push_back(previous);
+                if self.superseded.len() > SUPERSEDED_KEPT {
+                    self.superseded.pop_front();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn watched_stages(&self) -> BTreeSet<&String> {
         self.readers.values().flatten().collect()
     }
@@ -358,21 +384,19 @@ impl Watches {
                     }
                 }
                 match read.secret {
-                    // Just read: what AWS said is the truth about its stages.
-                    Some(secret) => {
+                    // Read after the watch last learnt something: what AWS said is the truth about its stages.
+                    Some(secret) if watched.as_of.is_none_or(|as_of| read.at >= as_of) => {
                         let mut seen: Vec<String> = secret.stages.clone();
                         if let Version::Stage(stage) = &read.version {
                             seen.push(stage.clone());
                         }
                         let mut moved = BTreeSet::new();
                         for stage in seen {
-                            let previous = watched
-                                .stages
-                                .insert(stage.clone(), read.version_id.clone());
-                            if previous.is_some_and(|p| p != read.version_id) {
+                            if watched.set_stage(&stage, &read.version_id) {
                                 moved.insert(stage);
                             }
                         }
+                        watched.as_of = Some(read.at);
                         watched.gone = false;
                         watched
                             .values
@@ -383,6 +407,15 @@ impl Watches {
                                 .into_iter()
                                 .filter(|reader| reader != &es),
                         );
+                    }
+                    // Read before the watch learnt of a newer version: older news. The stage stays; this
+                    // reader wrote an old version and is woken to write the newer one.
+                    Some(_) => {
+                        if let Version::Stage(stage) = &read.version
+                            && watched.stages.get(stage) != Some(&read.version_id)
+                        {
+                            wake.push(es.clone());
+                        }
                     }
                     // Known from status only (after a restart): a first guess until a check says more.
                     None => {
@@ -425,6 +458,24 @@ impl Watches {
         let state = &mut *state;
         if let Some(old) = state.registrations.remove(es) {
             remove_reader(&mut state.groups, es, &old, &BTreeSet::new());
+        }
+        self.update_gauge(state);
+    }
+
+    /// Stops watching for every ExternalSecret for which `live` does not hold.
+    pub fn retain(&self, live: impl Fn(&ObjectRef<ExternalSecret>) -> bool) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let gone: Vec<ObjectRef<ExternalSecret>> = state
+            .registrations
+            .keys()
+            .filter(|es| !live(es))
+            .cloned()
+            .collect();
+        for es in gone {
+            if let Some(old) = state.registrations.remove(&es) {
+                remove_reader(&mut state.groups, &es, &old, &BTreeSet::new());
+            }
         }
         self.update_gauge(state);
     }
@@ -601,6 +652,7 @@ mod tests {
 
     fn read(version: Version, id: &str, stages: &[&str], value: &str) -> Read {
         Read {
+            at: Instant::now(),
             key: "db".into(),
             version,
             version_id: id.into(),
@@ -671,6 +723,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_older_than_what_the_watch_knows_never_moves_it_back() {
+        let (watches, mut woken, provider) = watches();
+        let check = VersionCheck::default();
+        let current = || Version::parse(None);
+        // A slow sync started reading before another one saw v2, and registers after it.
+        let slow = read(current(), "v1", &["AWSCURRENT"], "one");
+        watches.register(
+            es("fast"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read(current(), "v2", &["AWSCURRENT"], "two")],
+        );
+        watches.register(es("slow"), &provider, check.clone(), store(), vec![slow]);
+
+        assert_eq!(
+            woken.next().await,
+            Some(es("slow")),
+            "the slow one is woken"
+        );
+        assert!(watches.stale(&es("slow")));
+        assert!(
+            !watches.stale(&es("fast")),
+            "the fast one is not rolled back"
+        );
+        let kept = watches.kept(&provider, &check);
+        assert_eq!(text(kept.get("db", &current())).as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn stages_remember_the_versions_they_left() {
+        let mut watched = Watched::default();
+        assert!(!watched.set_stage("AWSCURRENT", "v1"));
+        assert!(watched.set_stage("AWSCURRENT", "v2"));
+        assert_eq!(watched.superseded, ["v1"]);
+        // Confirmed back (a real rollback): no longer a lagging listing's mark.
+        assert!(watched.set_stage("AWSCURRENT", "v1"));
+        assert_eq!(watched.superseded, ["v2"]);
+        for i in 0..40 {
+            watched.set_stage("AWSCURRENT", &format!("n{i}"));
+        }
+        assert_eq!(watched.superseded.len(), SUPERSEDED_KEPT);
+    }
+
+    #[tokio::test]
     async fn pinned_versions_are_kept_while_read_and_never_stale() {
         let (watches, _woken, provider) = watches();
         let check = VersionCheck::default();
@@ -717,6 +814,7 @@ mod tests {
             version: Version::parse(None),
             version_id: "v1".into(),
             secret: None,
+            at: Instant::now(),
         };
         watches.register(
             es("a"),

@@ -28,13 +28,11 @@ fn invalid(detail: &'static str) -> Error {
     Error::new(ErrorKind::InvalidOperation, detail)
 }
 
-/// A fetched key by name, for keys that are not identifiers (`lookup("tls-key")`).
+/// A fetched key by name, for keys that are not identifiers (`lookup("tls-key")`). The name is not quoted
+/// back: `lookup(password)`, a natural slip for `lookup("password")`, passes the value as the name.
 fn lookup(state: &State, name: &str) -> Result<Value, Error> {
     state.lookup(name).ok_or_else(|| {
-        Error::new(
-            ErrorKind::UndefinedError,
-            format!("no fetched key named {name:?}"),
-        )
+        invalid("lookup: no fetched key has that name (quote a key's name: lookup(\"tls-key\"))")
     })
 }
 

@@ -43,12 +43,24 @@ pub struct TemplateSource {
 }
 
 /// What a template produces for the target Secret.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default, PartialEq)]
 pub struct Rendered {
     pub type_: Option<String>,
     pub data: BTreeMap<String, Vec<u8>>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+}
+
+// Keys only: values, and templated labels and annotations, may be secrets.
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("type_", &self.type_)
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels.keys().collect::<Vec<_>>())
+            .field("annotations", &self.annotations.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Builds the Secret's content from the fetched data: `templateFrom` first, then `data` (which wins), then
@@ -149,7 +161,8 @@ fn render_one(env: &Environment<'_>, name: &str, text: &str, context: &Value) ->
 }
 
 /// Errors name the template and line. Their detail is kept only for kinds whose detail comes from the
-/// template text itself; other details (a failed conversion, say) may quote a secret value.
+/// template text itself; other details (a failed conversion, an undefined value named by a value) may quote
+/// a secret value.
 fn describe(err: &minijinja::Error, name: &str) -> String {
     let location = match err.line() {
         Some(line) => format!("{name} line {line}"),
@@ -158,7 +171,6 @@ fn describe(err: &minijinja::Error, name: &str) -> String {
     let safe_detail = matches!(
         err.kind(),
         ErrorKind::SyntaxError
-            | ErrorKind::UndefinedError
             | ErrorKind::UnknownFilter
             | ErrorKind::UnknownFunction
             | ErrorKind::UnknownTest
@@ -170,6 +182,10 @@ fn describe(err: &minijinja::Error, name: &str) -> String {
     );
     match err.detail() {
         Some(detail) if safe_detail => format!("{location}: {}: {detail}", err.kind()),
+        _ if err.kind() == ErrorKind::UndefinedError => format!(
+            "{location}: {}: a name that is not a fetched key (keys that are not identifiers need lookup(\"key-name\"))",
+            err.kind()
+        ),
         _ => format!("{location}: {}", err.kind()),
     }
 }

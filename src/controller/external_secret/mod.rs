@@ -3,7 +3,7 @@
 mod status;
 mod template_sources;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
@@ -36,8 +37,13 @@ use status::{record_failure, record_gone, record_success};
 use template_sources::template_sources;
 
 const CONTROLLER: &str = "externalsecret";
+/// Held by ExternalSecrets with `creationPolicy: Merge` until their keys are out of the Secret.
+const FINALIZER: &str = "secretsync.io/merged-keys";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
 const PERMANENT_RETRY: Duration = Duration::from_secs(300);
+/// A sync that takes longer is abandoned and retried with backoff, so that nothing holds a concurrency slot
+/// forever. Each AWS call has its own, shorter deadline; this bounds a sync's sequence of calls.
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
 /// Workload restarts that failed are tried again this often.
 const RESTART_RETRY: Duration = Duration::from_secs(30);
 
@@ -64,9 +70,11 @@ pub async fn run(
     // Our own status writes must not start another sync: only spec, labels and annotations (force-sync) do.
     let changes = predicates::generation
         .combine(predicates::labels)
-        .combine(predicates::annotations);
-    let metrics = ctx.metrics.clone();
+        .combine(predicates::annotations)
+        .combine(predicates::finalizers)
+        .combine(deleting);
     let forget = ctx.clone();
+    let current = reader.clone();
     let woken = ctx
         .woken
         .lock()
@@ -77,11 +85,11 @@ pub async fn run(
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(es)) = event {
-                metrics.forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
-                forget.forget_sync(&key(es));
-                forget.restarts_done(&key(es));
-                forget.watches.forget(&ObjectRef::from_obj(es));
+            match event {
+                Ok(watcher::Event::Delete(es)) => forget.forget(es),
+                // A relist replaced the cache: whatever it no longer holds is gone.
+                Ok(watcher::Event::InitDone) => forget.forget_all_but(&current),
+                _ => {}
             }
         })
         .applied_objects()
@@ -133,6 +141,11 @@ pub async fn run(
         .await;
 }
 
+/// A deletion must reach the finalizer even where it changes nothing else.
+fn deleting(es: &ExternalSecret) -> Option<u64> {
+    es.metadata.deletion_timestamp.as_ref().map(|_| 1)
+}
+
 /// The ExternalSecrets that use a store, so that a store change reaches them at once.
 fn referencing(
     cache: &Store<ExternalSecret>,
@@ -174,12 +187,74 @@ enum Cleanup {
     Nothing,
 }
 
+/// ExternalSecrets that merge into someone else's Secret take their keys out of it when deleted; the others'
+/// Secrets are deleted with them (Owner) or kept on purpose (Orphan, None), so they need no finalizer.
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let merges = es.spec.target.creation_policy == CreationPolicy::Merge;
+    if !merges && !es.finalizers().iter().any(|f| f == FINALIZER) {
+        return reconcile_apply(es, ctx).await;
+    }
+    let api: Api<ExternalSecret> =
+        Api::namespaced(ctx.client.clone(), &es.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, es, |event| async {
+        match event {
+            FinalizerEvent::Apply(es) => reconcile_apply(es, ctx).await,
+            FinalizerEvent::Cleanup(es) => remove_merged_keys(&es, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err,
+        finalizer::Error::AddFinalizer(err) | finalizer::Error::RemoveFinalizer(err) => {
+            Error::Kube(err)
+        }
+        other => Error::InvalidSpec(other.to_string()),
+    })
+}
+
+/// The ExternalSecret is being deleted: with `creationPolicy: Merge`, the keys, labels and annotations it
+/// wrote leave the Secret; what others wrote stays.
+async fn remove_merged_keys(es: &ExternalSecret, ctx: &Context) -> Result<Action> {
+    let namespace = es.namespace().unwrap_or_default();
+    ctx.forget(es);
+    if es.spec.target.creation_policy != CreationPolicy::Merge {
+        return Ok(Action::await_change());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(existing) = secrets.get_opt(es.target_name()).await?
+        && target::remove_our_keys(&secrets, es, &ctx.hasher, &existing).await?
+            != Written::Unchanged
+    {
+        publish(
+            ctx,
+            es,
+            EventType::Normal,
+            "Delete",
+            "Deleted",
+            format!(
+                "Removed our keys from Secret {:?}: the ExternalSecret is deleted",
+                es.target_name()
+            ),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
     let _in_flight = ctx.metrics.reconcile_started(CONTROLLER);
     let started = Instant::now();
     let namespace = es.namespace().unwrap_or_default();
     let refresh = es.spec.refresh_interval().ok().flatten();
-    let result = sync(&es, &ctx, &namespace).await;
+    let result = tokio::time::timeout(RECONCILE_DEADLINE, sync(&es, &ctx, &namespace))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Provider {
+                call: "sync",
+                key: None,
+                detail: format!("did not finish within {}s", RECONCILE_DEADLINE.as_secs()),
+            })
+        });
     ctx.metrics
         .reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     let action = match result {
@@ -229,11 +304,47 @@ fn error_policy(es: Arc<ExternalSecret>, _err: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(ctx.backoff.next(&key(&es)))
 }
 
+impl Context {
+    /// Drops everything this process keeps for an ExternalSecret that is gone.
+    fn forget(&self, es: &ExternalSecret) {
+        self.metrics
+            .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
+        self.forget_sync(&key(es));
+        self.restarts_done(&key(es));
+        self.backoff.reset(&key(es));
+        self.watches.forget(&ObjectRef::from_obj(es));
+    }
+}
+
+impl Context {
+    /// Drops what is kept for ExternalSecrets that are not in `current`, after a relist that may have missed
+    /// their deletion.
+    fn forget_all_but(&self, current: &Store<ExternalSecret>) {
+        let live: HashSet<ObjectRef<ExternalSecret>> = current
+            .state()
+            .iter()
+            .map(|es| ObjectRef::from_obj(es.as_ref()))
+            .collect();
+        let keys: HashSet<String> = live.iter().map(ref_key).collect();
+        self.retain(|key| keys.contains(key));
+        self.watches.retain(|es| live.contains(es));
+        for (namespace, name) in self.metrics.external_secrets_with_series() {
+            if !live.contains(&ObjectRef::new(&name).within(&namespace)) {
+                self.metrics.forget_external_secret(&namespace, &name);
+            }
+        }
+    }
+}
+
 fn key(es: &ExternalSecret) -> String {
+    ref_key(&ObjectRef::from_obj(es))
+}
+
+fn ref_key(es: &ObjectRef<ExternalSecret>) -> String {
     format!(
         "ExternalSecret/{}/{}",
-        es.namespace().unwrap_or_default(),
-        es.name_any()
+        es.namespace.as_deref().unwrap_or_default(),
+        es.name
     )
 }
 
@@ -254,7 +365,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let intact = match (creation, &existing) {
         (CreationPolicy::Owner | CreationPolicy::Orphan, Some(existing)) => {
             target::ensure_owned(existing, es)?;
-            target::is_intact(existing, &ctx.hasher)
+            target::is_intact(existing, es, &ctx.hasher)
         }
         (CreationPolicy::Owner | CreationPolicy::Orphan, None) => false,
         // Someone else's Secret: its content is theirs to change, so only the refresh schedule counts.
@@ -286,6 +397,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
 
     let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
     let check = Watches::check_of(&store.spec)?;
+    let read_at = Instant::now();
     let outcome = match (rotated, &provider, &check) {
         (Some(_), Provider::Aws(aws), Some(check)) => {
             let kept = KeptFirst {
@@ -313,6 +425,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
                 version,
                 version_id: secret.version_id.clone()?,
                 secret: Some(secret),
+                at: read_at,
             })
         })
         .collect();
@@ -441,6 +554,7 @@ async fn watch_from_status(es: &ExternalSecret, ctx: &Context, store: &StoreHand
                         version,
                         version_id: id.clone(),
                         secret: None,
+                        at: Instant::now(),
                     }
                 })
                 .collect();

@@ -1,6 +1,9 @@
 //! Secrets Manager's EventBridge events, delivered to an SQS queue: which secrets changed, and when AWS says
 //! they did.
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
@@ -12,6 +15,7 @@ use crate::error::Result;
 const PROVIDER: &str = "AWS/SQS";
 /// SQS's longest wait: an idle queue costs one call per 20 s.
 const LONG_POLL_SECONDS: i32 = 20;
+const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(LONG_POLL_SECONDS as u64 + 10);
 
 /// One event: the secrets it names (ids as the event gives them: ARNs or names) and its time.
 #[derive(Debug, PartialEq)]
@@ -30,6 +34,16 @@ impl AwsSecretsManager {
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(LONG_POLL_SECONDS)
+            .customize()
+            // A long poll answers after up to 20 s by design: the usual attempt deadline would cut it.
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(
+                    TimeoutConfig::builder()
+                        .operation_attempt_timeout(LONG_POLL_TIMEOUT)
+                        .operation_timeout(LONG_POLL_TIMEOUT * 2)
+                        .build(),
+                ),
+            )
             .send()
             .await;
         self.metrics

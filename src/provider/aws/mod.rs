@@ -7,6 +7,9 @@ pub mod sts;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 
 use aws_config::SdkConfig;
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
@@ -23,10 +26,30 @@ use aws_smithy_runtime_api::http::Response;
 use errors::{classify, classify_code, error_code};
 
 const PROVIDER: &str = "AWS/SecretsManager";
+/// A black-holed connection must not hold a sync forever: each try, and each call with its retries, has a
+/// deadline; past it the call fails as a `ProviderError` and backs off.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// BatchGetSecretValue takes at most this many secret ids.
 const BATCH_LIMIT: usize = 20;
 
 /// The version stages of one remote secret: stage → VersionId.
+/// The SDK configuration from the environment (IRSA, keys, region, `AWS_ENDPOINT_URL`), with our timeouts.
+/// Every store's configuration derives from it.
+pub async fn load_config() -> SdkConfig {
+    aws_config::from_env()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Versions {
     pub name: String,

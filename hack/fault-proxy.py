@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""A fault proxy in front of moto, for the fault tests: it forwards AWS requests, or fails them as an outage
+would, and counts what it saw. Standard library only.
+
+    fault-proxy.py --port P --upstream http://127.0.0.1:M
+
+Control (not forwarded):
+    POST /fault-proxy/mode   {"mode": "pass" | "refuse" | "blackhole" | "throttle"}
+        refuse:    the connection is closed without an answer (AWS unreachable)
+        blackhole: the connection is accepted and never answered, until the mode changes
+        throttle:  Secrets Manager and SQS calls get 400 ThrottlingException; STS passes
+    GET  /fault-proxy/stats  {"mode": ..., "forwarded": n, "faulted": n, "faulted_by_action": {...}}
+"""
+
+import argparse
+import http.client
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+state = {"mode": "pass", "forwarded": 0, "faulted": 0, "faulted_by_action": {}}
+lock = threading.Lock()
+mode_changed = threading.Condition(lock)
+
+
+def action_of(headers, body):
+    target = headers.get("X-Amz-Target")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    params = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    return params.get("Action", ["?"])[0]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    upstream = None
+
+    def log_message(self, *args):
+        pass
+
+    def control(self, body):
+        if self.path == "/fault-proxy/mode" and self.command == "POST":
+            with lock:
+                state["mode"] = json.loads(body)["mode"]
+                mode_changed.notify_all()
+        with lock:
+            answer = json.dumps(state).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def count_fault(self, action):
+        state["faulted"] += 1
+        by_action = state["faulted_by_action"]
+        by_action[action] = by_action.get(action, 0) + 1
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/fault-proxy/"):
+            return self.control(body)
+        action = action_of(self.headers, body)
+        is_sts = self.headers.get("X-Amz-Target") is None
+        with lock:
+            mode = state["mode"]
+            if mode == "throttle" and is_sts:
+                mode = "pass"
+            if mode != "pass":
+                self.count_fault(action)
+            if mode == "blackhole":
+                while state["mode"] == "blackhole":
+                    mode_changed.wait()
+                self.close_connection = True
+                return
+        if mode == "refuse":
+            self.close_connection = True
+            return
+        if mode == "throttle":
+            answer = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        self.forward(body)
+
+    def forward(self, body):
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        connection.request(self.command, self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        with lock:
+            state["forwarded"] += 1
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        connection.close()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    args = parser.parse_args()
+    Handler.upstream = urllib.parse.urlparse(args.upstream)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+//! Faults: AWS unreachable, throttling, and black-holed, through a fault proxy in front of moto
+//! (`hack/fault-proxy.py`), each test with its own proxy so that they run in parallel. Each prints its figures.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, wait_for};
+use serde_json::json;
+
+/// The fault proxy, stopped by PID on drop.
+struct FaultProxy {
+    child: Child,
+    url: String,
+}
+
+impl FaultProxy {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("python3")
+            .arg(format!("{MANIFEST_DIR}/hack/fault-proxy.py"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                &env_vars()["MOTO_URL"],
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 is required for the fault proxy");
+        let proxy = FaultProxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        wait_for("the fault proxy", TIMEOUT, || proxy.stats()).await;
+        proxy
+    }
+
+    async fn stats(&self) -> Result<serde_json::Value, String> {
+        let output = tokio::process::Command::new("curl")
+            .args(["-sf", &format!("{}/fault-proxy/stats", self.url)])
+            .output()
+            .await
+            .map_err(|err| format!("curl is required: {err}"))?;
+        serde_json::from_slice(&output.stdout).map_err(|err| err.to_string())
+    }
+
+    async fn set_mode(&self, mode: &str) {
+        let status = tokio::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                "-d",
+                &json!({"mode": mode}).to_string(),
+                &format!("{}/fault-proxy/mode", self.url),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("curl");
+        assert!(status.success(), "set the fault proxy to {mode}");
+    }
+
+    async fn faulted(&self) -> u64 {
+        self.stats().await.unwrap()["faulted"].as_u64().unwrap()
+    }
+
+    /// The operator, with every AWS call through this proxy.
+    fn operator(&self, namespace: &str, extra_env: &[(&str, &str)]) -> Operator {
+        let mut env = vec![("AWS_ENDPOINT_URL", self.url.as_str())];
+        env.extend_from_slice(extra_env);
+        Operator::start(namespace, &env)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `count` ExternalSecrets `es-<i>`, four per remote secret, refreshed every `refresh`, on a store whose
+/// ListSecrets check runs every `check`. Returns the remote keys.
+async fn many(t: &TestContext, count: usize, refresh: &str, check: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 0..count.div_ceil(4) {
+        keys.push(t.create_remote(&format!("s{i}"), &format!("v1-{i}")).await);
+    }
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": check}))
+        .await;
+    for i in 0..count {
+        let manifest = json!({
+            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+            "metadata": {"name": format!("es-{i}")},
+            "spec": {
+                "refreshInterval": refresh,
+                "secretStoreRef": {"name": "aws"},
+                "data": [{"secretKey": "value", "remoteRef": {"key": keys[i / 4]}}],
+            },
+        });
+        t.apply_yaml(&manifest.to_string()).await;
+    }
+    keys
+}
+
+/// Waits until every ExternalSecret is Ready and its Secret holds `v<generation>-<i>`.
+async fn all_synced(t: &TestContext, count: usize, generation: u32, within: Duration) -> Duration {
+    let started = Instant::now();
+    wait_for(
+        &format!("{count} Secrets at v{generation}"),
+        within,
+        || async {
+            let secrets = t
+                .secrets()
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let values: HashMap<String, String> = secrets
+                .items
+                .into_iter()
+                .filter_map(|s| {
+                    let value = s.data?.get("value")?.0.clone();
+                    Some((
+                        s.metadata.name?,
+                        String::from_utf8_lossy(&value).into_owned(),
+                    ))
+                })
+                .collect();
+            let behind = (0..count)
+                .filter(|i| {
+                    values.get(&format!("es-{i}")) != Some(&format!("v{generation}-{}", i / 4))
+                })
+                .count();
+            let ready = t
+                .external_secrets()
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter(|es| {
+                    es.status.as_ref().is_some_and(|status| {
+                        status
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            (behind == 0 && ready == count)
+                .then_some(())
+                .ok_or(format!("{behind} Secrets behind, {ready} of {count} Ready"))
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+/// Secret name → resourceVersion, to show that nothing was rewritten.
+async fn versions(t: &TestContext) -> HashMap<String, String> {
+    t.secrets()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.metadata.name?, s.metadata.resource_version?)))
+        .collect()
+}
+
+#[tokio::test]
+async fn aws_unreachable_for_a_minute_loses_nothing_and_converges_after() {
+    const COUNT: usize = 200;
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let t = TestContext::new("fault-outage").await;
+    let keys = many(&t, COUNT, "10s", "5s").await;
+    let proxy = FaultProxy::start().await;
+    let _operator = proxy.operator(&t.namespace, &[]);
+    let first = all_synced(&t, COUNT, 1, Duration::from_secs(120)).await;
+    let before = versions(&t).await;
+
+    proxy.set_mode("refuse").await;
+    let outage_started = Instant::now();
+    // Syncs during the outage: a forced one for every tenth, on top of the 10 s refreshes.
+    for i in (0..COUNT).step_by(10) {
+        t.force_sync(&format!("es-{i}"), "outage").await;
+    }
+    tokio::time::sleep(OUTAGE.saturating_sub(outage_started.elapsed())).await;
+    let calls_in_outage = proxy.faulted().await;
+    assert_eq!(
+        versions(&t).await,
+        before,
+        "a Secret changed while AWS was unreachable"
+    );
+    let mut provider_errors = 0;
+    for i in 0..COUNT {
+        if let Some((status, _, message)) = t.es_ready(&format!("es-{i}")).await
+            && status == "False"
+        {
+            assert!(message.starts_with("ProviderError: "), "es-{i}: {message}");
+            provider_errors += 1;
+        }
+    }
+    assert!(
+        provider_errors >= COUNT / 2,
+        "refreshes and forced syncs during the outage report it: {provider_errors} of {COUNT}"
+    );
+    // Without backoff, 200 ExternalSecrets retrying at once would make thousands of calls a second.
+    let per_second = calls_in_outage as f64 / OUTAGE.as_secs_f64();
+    assert!(
+        per_second < 60.0,
+        "{calls_in_outage} calls in the outage ({per_second:.1}/s): not bounded by the backoff"
+    );
+
+    // A rotation that happened during the outage arrives too.
+    proxy.set_mode("pass").await;
+    for (i, key) in keys.iter().enumerate() {
+        t.put_remote(key, &format!("v2-{i}")).await;
+    }
+    let back = Instant::now();
+    all_synced(&t, COUNT, 2, Duration::from_secs(60)).await;
+    let converged = back.elapsed();
+    println!(
+        "outage of {}s for {COUNT} ExternalSecrets: first sync {:.1}s; {calls_in_outage} AWS calls refused \
+         ({per_second:.1}/s); {provider_errors} ProviderError conditions; all Ready at v2 {:.1}s after AWS was back \
+         (check interval 5s)",
+        OUTAGE.as_secs(),
+        first.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert!(
+        converged <= Duration::from_secs(10) + Duration::from_secs(3),
+        "all Ready within two check intervals (plus the writes): {converged:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_throttling_storm_backs_off_and_converges() {
+    const COUNT: usize = 100;
+    const STORM: Duration = Duration::from_secs(30);
+    let t = TestContext::new("fault-throttle").await;
+    let keys = many(&t, COUNT, "1h", "5s").await;
+    let proxy = FaultProxy::start().await;
+    let _operator = proxy.operator(&t.namespace, &[]);
+    all_synced(&t, COUNT, 1, Duration::from_secs(120)).await;
+
+    proxy.set_mode("throttle").await;
+    // Every ExternalSecret is made to sync in the storm.
+    for (i, key) in keys.iter().enumerate() {
+        t.put_remote(key, &format!("v2-{i}")).await;
+    }
+    for i in 0..COUNT {
+        t.force_sync(&format!("es-{i}"), "storm").await;
+    }
+    tokio::time::sleep(STORM).await;
+    let throttled = proxy.faulted().await;
+    let per_second = throttled as f64 / STORM.as_secs_f64();
+    assert!(
+        per_second < 40.0,
+        "{throttled} throttled calls in {}s ({per_second:.1}/s): not backing off",
+        STORM.as_secs()
+    );
+    proxy.set_mode("pass").await;
+    let back = Instant::now();
+    all_synced(&t, COUNT, 2, Duration::from_secs(60)).await;
+    println!(
+        "throttling storm of {}s over {COUNT} ExternalSecrets: {throttled} throttled calls ({per_second:.1}/s); \
+         all Ready at v2 {:.1}s after it ended",
+        STORM.as_secs(),
+        back.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn black_holed_aws_times_out_and_sigterm_still_stops_in_time() {
+    let t = TestContext::new("fault-blackhole").await;
+    let key = t.create_remote("db", "v1").await;
+    t.store_with_check("aws", json!({"strategy": "None"})).await;
+    let proxy = FaultProxy::start().await;
+    let mut operator = proxy.operator(&t.namespace, &[("SECRETSYNC_SHUTDOWN_TIMEOUT", "5s")]);
+    t.sync_value("db", "aws", &key, "v1").await;
+
+    proxy.set_mode("blackhole").await;
+    let started = Instant::now();
+    t.force_sync("db", "1").await;
+    let (_, _, message) = wait_for("the sync to time out", Duration::from_secs(60), || async {
+        match t.es_ready("db").await {
+            Some(ready) if ready.0 == "False" => Ok(ready),
+            other => Err(other),
+        }
+    })
+    .await;
+    let timed_out = started.elapsed();
+    assert!(message.starts_with("ProviderError: "), "{message}");
+    assert!(
+        message.to_lowercase().contains("timeout") || message.contains("timed out"),
+        "{message}"
+    );
+    assert_eq!(t.secret_data("db").await.unwrap()["value"], "v1");
+
+    // A sync hangs on AWS again when SIGTERM comes: the operator stops within its shutdown timeout anyway.
+    t.force_sync("db", "2").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, took) = operator.terminate();
+    println!(
+        "black-holed AWS: the sync failed as ProviderError after {:.1}s; SIGTERM with a sync in flight: exit {code:?} after {took:.1}s",
+        timed_out.as_secs_f64()
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        took < 10.0,
+        "stopped {took:.1}s after SIGTERM; the grace period is 30s"
+    );
+    proxy.set_mode("pass").await;
+}
