@@ -275,6 +275,14 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
         }
         Err(err) => {
             ctx.forget_sync(&key(&es));
+            // A store it may no longer use (a ClusterSecretStore whose conditions stopped admitting the
+            // namespace, a deleted store) must not keep checking and waking it.
+            if matches!(
+                err,
+                Error::StoreNotAllowed { .. } | Error::StoreNotFound { .. }
+            ) {
+                ctx.watches.forget(&ObjectRef::from_obj(es.as_ref()));
+            }
             ctx.metrics.sync(&namespace, &es.name_any(), false);
             record_failure(&es, &ctx, &namespace, &err).await?;
             if err.is_transient() {
