@@ -75,10 +75,18 @@ pub fn ensure_owned(existing: &Secret, es: &ExternalSecret) -> Result<()> {
     }
 }
 
-/// Whether the Secret still holds what we wrote: managed label present and our keys' data matching our hash.
-/// A hand-edited value (or annotation) fails this, since only we know the hash key; keys that a Merge
-/// ExternalSecret added under its own manager are not ours and do not count.
-pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) -> bool {
+/// The keyed hash of what a template or the fetched data produced, as `our_data_hash` reads it back.
+pub fn rendered_hash(hasher: &DataHasher, rendered: &Rendered) -> String {
+    let data: BTreeMap<String, ByteString> = rendered
+        .data
+        .iter()
+        .map(|(key, value)| (key.clone(), ByteString(value.clone())))
+        .collect();
+    hasher.hash(&data)
+}
+
+/// The keyed hash of the keys this ExternalSecret's field manager holds in the Secret.
+pub fn our_data_hash(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) -> String {
     let manager = field_manager(es);
     let ours: BTreeSet<String> = applied_fields(existing, &manager)
         .into_iter()
@@ -92,8 +100,16 @@ pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) ->
         .filter(|(key, _)| ours.contains(*key))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
+    hasher.hash(&data)
+}
+
+/// Whether the Secret still holds what we wrote: managed label present and our keys' data matching our hash.
+/// A hand-edited value (or annotation) fails this, since only we know the hash key; keys that a Merge
+/// ExternalSecret added under its own manager are not ours and do not count.
+pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) -> bool {
     existing.labels().get(MANAGED_LABEL).map(String::as_str) == Some("true")
-        && existing.annotations().get(DATA_HASH_ANNOTATION) == Some(&hasher.hash(&data))
+        && existing.annotations().get(DATA_HASH_ANNOTATION)
+            == Some(&our_data_hash(existing, es, hasher))
 }
 
 /// Writes the Secret with server-side apply under our field manager. `Owner` and `Orphan` write the whole

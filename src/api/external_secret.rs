@@ -377,6 +377,10 @@ pub struct ExternalSecretStatus {
     /// Remote key → AWS VersionId that was written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub synced_versions: BTreeMap<String, String>,
+    /// Keyed hash of the data this ExternalSecret wrote that the workloads using the Secret were restarted
+    /// for (or found with). When the Secret holds other data of ours, restarts are still owed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagated_data_hash: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -5,7 +5,7 @@ mod external_secret;
 mod restart;
 mod secret_store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
@@ -51,8 +51,6 @@ pub struct Context {
     /// Each ExternalSecret's last successful sync by this process. Status says the same, but the watch cache
     /// can lag behind our own status write, and a refresh that changed nothing writes no status.
     last_sync: Mutex<HashMap<String, LastSync>>,
-    /// Per ExternalSecret, the workloads (`Kind/name`) whose restart for a change failed.
-    pending_restarts: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Context {
@@ -86,7 +84,6 @@ impl Context {
             backoff: Backoff::default(),
             store_refresh,
             last_sync: Mutex::default(),
-            pending_restarts: Mutex::default(),
         }
     }
 
@@ -109,28 +106,6 @@ impl Context {
             .cloned()
     }
 
-    fn pending_restarts(&self, key: &str) -> Option<BTreeSet<String>> {
-        self.pending_restarts
-            .lock()
-            .expect("never poisoned")
-            .get(key)
-            .cloned()
-    }
-
-    fn restarts_pending(&self, key: String, failed: BTreeSet<String>) {
-        self.pending_restarts
-            .lock()
-            .expect("never poisoned")
-            .insert(key, failed);
-    }
-
-    fn restarts_done(&self, key: &str) {
-        self.pending_restarts
-            .lock()
-            .expect("never poisoned")
-            .remove(key);
-    }
-
     fn forget_sync(&self, key: &str) {
         self.last_sync.lock().expect("never poisoned").remove(key);
     }
@@ -139,10 +114,6 @@ impl Context {
     /// can miss a deletion, and nothing may grow with objects that are gone.
     fn retain(&self, live: impl Fn(&str) -> bool) {
         self.last_sync
-            .lock()
-            .expect("never poisoned")
-            .retain(|key, _| live(key));
-        self.pending_restarts
             .lock()
             .expect("never poisoned")
             .retain(|key, _| live(key));

@@ -1,9 +1,13 @@
 //! Rolling restarts of the workloads that use a Secret whose data changed: Deployments, StatefulSets and
 //! DaemonSets annotated `secretsync.io/restart-on-change` get a new pod-template annotation, as
 //! `kubectl rollout restart` does.
+//!
+//! Level-triggered: the pod template also records which data it was restarted for
+//! (`secretsync.io/restarted-for: <ExternalSecret>=<data hash>,...`), so a round of restarts can be run again
+//! after a crash or a failure and restarts only the workloads that have not had theirs.
 
 use k8s_openapi::NamespaceResourceScope;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodSpec;
@@ -20,6 +24,9 @@ use crate::target::FIELD_MANAGER;
 
 pub const RESTART_ANNOTATION: &str = "secretsync.io/restart-on-change";
 pub const RESTARTED_AT_ANNOTATION: &str = "secretsync.io/restarted-at";
+pub const RESTARTED_FOR_ANNOTATION: &str = "secretsync.io/restarted-for";
+/// Enough of a data hash to tell versions apart in the pod template.
+const HASH_CHARS: usize = 16;
 
 /// A workload kind we restart: where its pod template is, and whether it may be restarted now.
 trait Workload:
@@ -29,6 +36,7 @@ trait Workload:
     + std::fmt::Debug
 {
     fn pod_spec(&self) -> Option<&PodSpec>;
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>>;
     /// A paused Deployment would take the new template at its next resume, not now.
     fn paused(&self) -> bool {
         false
@@ -38,6 +46,16 @@ trait Workload:
 impl Workload for Deployment {
     fn pod_spec(&self) -> Option<&PodSpec> {
         self.spec.as_ref()?.template.spec.as_ref()
+    }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
     }
 
     fn paused(&self) -> bool {
@@ -52,11 +70,31 @@ impl Workload for StatefulSet {
     fn pod_spec(&self) -> Option<&PodSpec> {
         self.spec.as_ref()?.template.spec.as_ref()
     }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
+    }
 }
 
 impl Workload for DaemonSet {
     fn pod_spec(&self) -> Option<&PodSpec> {
         self.spec.as_ref()?.template.spec.as_ref()
+    }
+
+    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()
     }
 }
 
@@ -64,129 +102,167 @@ impl Workload for DaemonSet {
 #[derive(Default)]
 pub struct Restarts {
     pub restarted: usize,
-    /// `Kind/name` of each workload whose restart failed (`Kind/*` when the kind could not be listed), to
-    /// be tried again, and only those: a workload is restarted once per change.
+    /// `Kind/name` of each workload whose restart failed (`Kind/*` when the kind could not be listed).
     pub failed: BTreeSet<String>,
     pub error: Option<Error>,
 }
 
-/// Restarts every annotated workload in the namespace that uses `secret` (or, with `only`, those of them
-/// named there). Each one is attempted, whatever happened to the others.
+/// Restarts every annotated workload in the namespace that uses `secret` and has not been restarted for
+/// `data_hash` of this ExternalSecret yet. Each one is attempted, whatever happened to the others.
 pub async fn restart_users(
     ctx: &Context,
     es: &ExternalSecret,
     namespace: &str,
     secret: &str,
-    only: Option<&BTreeSet<String>>,
+    data_hash: &str,
 ) -> Restarts {
     let mut restarts = Restarts::default();
-    restart_kind::<Deployment>(ctx, es, namespace, secret, only, &mut restarts).await;
-    restart_kind::<StatefulSet>(ctx, es, namespace, secret, only, &mut restarts).await;
-    restart_kind::<DaemonSet>(ctx, es, namespace, secret, only, &mut restarts).await;
+    let round = Round {
+        ctx,
+        es,
+        namespace,
+        secret,
+        data_hash: &data_hash[..HASH_CHARS.min(data_hash.len())],
+    };
+    round.restart_kind::<Deployment>(&mut restarts).await;
+    round.restart_kind::<StatefulSet>(&mut restarts).await;
+    round.restart_kind::<DaemonSet>(&mut restarts).await;
     restarts
 }
 
-async fn restart_kind<W: Workload>(
-    ctx: &Context,
-    es: &ExternalSecret,
-    namespace: &str,
-    secret: &str,
-    only: Option<&BTreeSet<String>>,
-    restarts: &mut Restarts,
-) {
-    let kind = W::kind(&()).to_string();
-    let every = format!("{kind}/*");
-    let wanted_here = |name: &str| {
-        only.is_none_or(|only| only.contains(&every) || only.contains(&format!("{kind}/{name}")))
-    };
-    if only.is_some_and(|only| !only.iter().any(|w| w.starts_with(&format!("{kind}/")))) {
-        return;
-    }
-    let api: Api<W> = Api::namespaced(ctx.client.clone(), namespace);
-    let workloads = match api.list(&ListParams::default()).await {
-        Ok(list) => list,
-        Err(err) => {
-            restarts.failed.insert(every);
-            restarts.error.get_or_insert(err.into());
-            return;
-        }
-    };
-    for workload in workloads {
-        let Some(wanted) = workload.annotations().get(RESTART_ANNOTATION) else {
-            continue;
+struct Round<'a> {
+    ctx: &'a Context,
+    es: &'a ExternalSecret,
+    namespace: &'a str,
+    secret: &'a str,
+    data_hash: &'a str,
+}
+
+impl Round<'_> {
+    async fn restart_kind<W: Workload>(&self, restarts: &mut Restarts) {
+        let Round {
+            ctx,
+            es,
+            namespace,
+            secret,
+            data_hash,
+        } = *self;
+        let kind = W::kind(&()).to_string();
+        let api: Api<W> = Api::namespaced(ctx.client.clone(), namespace);
+        let workloads = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(err) => {
+                restarts.failed.insert(format!("{kind}/*"));
+                restarts.error.get_or_insert(err.into());
+                return;
+            }
         };
-        let name = workload.name_any();
-        if !wanted_here(&name) || !restarts_for(wanted, workload.pod_spec(), secret) {
-            continue;
-        }
-        if workload.paused() {
-            ctx.metrics.restart(&kind, "paused");
-            let note = format!(
-                "{kind} {name} is paused: not restarted for the change of Secret {secret:?}; it takes the new data when resumed and rolled out"
-            );
-            publish(
-                ctx,
-                &workload,
-                EventType::Warning,
-                "Restart",
-                "RestartSkipped",
-                note.clone(),
-            )
-            .await;
-            publish(
-                ctx,
-                es,
-                EventType::Warning,
-                "Restart",
-                "RestartSkipped",
-                note,
-            )
-            .await;
-            continue;
-        }
-        let patch = serde_json::json!({
-            "spec": {"template": {"metadata": {"annotations": {
-                RESTARTED_AT_ANNOTATION: Timestamp::now().to_string(),
-            }}}}
-        });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                restarts.restarted += 1;
-                ctx.metrics.restart(&kind, "restarted");
+        for workload in workloads {
+            let Some(wanted) = workload.annotations().get(RESTART_ANNOTATION) else {
+                continue;
+            };
+            let name = workload.name_any();
+            if !restarts_for(wanted, workload.pod_spec(), secret) {
+                continue;
+            }
+            let restarted_for = workload
+                .template_annotations()
+                .and_then(|annotations| annotations.get(RESTARTED_FOR_ANNOTATION))
+                .map(String::as_str)
+                .unwrap_or_default();
+            let entries = restarted_for_entries(restarted_for);
+            if entries.get(es.name_any().as_str()) == Some(&data_hash) {
+                continue;
+            }
+            if workload.paused() {
+                ctx.metrics.restart(&kind, "paused");
+                let note = format!(
+                    "{kind} {name} is paused: not restarted for the change of Secret {secret:?}; it takes the new data when resumed and rolled out"
+                );
                 publish(
                     ctx,
                     &workload,
-                    EventType::Normal,
+                    EventType::Warning,
                     "Restart",
-                    "Restarted",
-                    format!(
-                        "Rolling restart: Secret {secret:?} changed (ExternalSecret {})",
-                        es.name_any()
-                    ),
+                    "RestartSkipped",
+                    note.clone(),
                 )
                 .await;
                 publish(
                     ctx,
                     es,
-                    EventType::Normal,
+                    EventType::Warning,
                     "Restart",
-                    "WorkloadRestarted",
-                    format!("Rolling restart of {kind} {name}: Secret {secret:?} changed"),
+                    "RestartSkipped",
+                    note,
                 )
                 .await;
+                continue;
             }
-            Err(err) => {
-                ctx.metrics.restart(&kind, "failed");
-                tracing::warn!(%kind, workload = %name, error = %err, "could not restart workload");
-                restarts.failed.insert(format!("{kind}/{name}"));
-                restarts.error.get_or_insert(err.into());
+            let mut entries = entries;
+            let es_name = es.name_any();
+            entries.insert(&es_name, data_hash);
+            let patch = serde_json::json!({
+                "spec": {"template": {"metadata": {"annotations": {
+                    RESTARTED_AT_ANNOTATION: Timestamp::now().to_string(),
+                    RESTARTED_FOR_ANNOTATION: write_entries(&entries),
+                }}}}
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            };
+            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    restarts.restarted += 1;
+                    ctx.metrics.restart(&kind, "restarted");
+                    publish(
+                        ctx,
+                        &workload,
+                        EventType::Normal,
+                        "Restart",
+                        "Restarted",
+                        format!(
+                            "Rolling restart: Secret {secret:?} changed (ExternalSecret {})",
+                            es.name_any()
+                        ),
+                    )
+                    .await;
+                    publish(
+                        ctx,
+                        es,
+                        EventType::Normal,
+                        "Restart",
+                        "WorkloadRestarted",
+                        format!("Rolling restart of {kind} {name}: Secret {secret:?} changed"),
+                    )
+                    .await;
+                }
+                Err(err) => {
+                    ctx.metrics.restart(&kind, "failed");
+                    tracing::warn!(%kind, workload = %name, error = %err, "could not restart workload");
+                    restarts.failed.insert(format!("{kind}/{name}"));
+                    restarts.error.get_or_insert(err.into());
+                }
             }
         }
     }
+}
+
+/// `<ExternalSecret>=<hash>` pairs of the `restarted-for` annotation; malformed ones are ignored.
+fn restarted_for_entries(value: &str) -> BTreeMap<&str, &str> {
+    value
+        .split(',')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .collect()
+}
+
+fn write_entries(entries: &BTreeMap<&str, &str>) -> String {
+    entries
+        .iter()
+        .map(|(es, hash)| format!("{es}={hash}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Whether a workload's `restart-on-change` value asks for a restart when `secret` changes: `"true"` for
@@ -236,6 +312,17 @@ mod tests {
 
     fn pod(json: serde_json::Value) -> PodSpec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn restarted_for_round_trips() {
+        let entries = restarted_for_entries("db=0123456789abcdef, api=fedcba9876543210,broken");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries["api"], "fedcba9876543210");
+        assert_eq!(
+            write_entries(&entries),
+            "api=fedcba9876543210,db=0123456789abcdef"
+        );
     }
 
     #[test]

@@ -786,6 +786,12 @@ impl Operator {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// SIGKILL, as an OOM kill or a node loss does: nothing runs after it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM, as the kubelet does, and waits for the exit: (exit code, seconds it took).
     pub fn terminate(&mut self) -> (Option<i32>, f64) {
         let started = Instant::now();

@@ -3,7 +3,7 @@
 mod status;
 mod template_sources;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::target::{self, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
 use tokio::sync::watch;
 
-use status::{record_failure, record_gone, record_success};
+use status::{record_failure, record_gone, record_propagated, record_success};
 use template_sources::template_sources;
 
 const CONTROLLER: &str = "externalsecret";
@@ -172,8 +172,12 @@ enum Synced {
     Written {
         written: Written,
         versions: BTreeMap<String, String>,
-        /// Until the next full refresh (never, when `None`).
+        /// The data the workloads were restarted for (see `status.propagatedDataHash`).
+        propagated: Option<String>,
+        /// Until the next full refresh or restart retry (never, when `None`).
         wait: Option<Duration>,
+        /// A full read (not a rotation served from kept values): the refresh schedule starts again.
+        full_sync: bool,
     },
     /// Every remote secret is gone and `deletionPolicy` acted (or, with `Retain`, this is the error).
     Gone { cleanup: Cleanup, error: Error },
@@ -262,10 +266,16 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
         Ok(Synced::Written {
             written,
             versions,
+            propagated,
             wait,
+            full_sync,
         }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), true);
-            record_success(&es, &ctx, &namespace, written, versions).await?;
+            record_success(&es, &ctx, &namespace, written, versions, propagated).await?;
+            // Only once the status says so: a sync whose status write failed is not done.
+            if full_sync {
+                ctx.synced(key(&es), synced_resource_version(&es));
+            }
             Ok(requeue(wait))
         }
         Ok(Synced::Gone { cleanup, error }) => {
@@ -294,9 +304,6 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
         }
     };
     ctx.backoff.reset(&key(&es));
-    if ctx.pending_restarts(&key(&es)).is_some() {
-        return Ok(Action::requeue(RESTART_RETRY));
-    }
     action
 }
 
@@ -318,7 +325,6 @@ impl Context {
         self.metrics
             .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
         self.forget_sync(&key(es));
-        self.restarts_done(&key(es));
         self.backoff.reset(&key(es));
         self.watches.forget(&ObjectRef::from_obj(es));
     }
@@ -382,8 +388,25 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     if creation == CreationPolicy::Merge && existing.is_none() {
         return Err(Error::SecretMissing(es.target_name().to_string()));
     }
-    if let Some(failed) = ctx.pending_restarts(&key(es)) {
-        restart_workloads(es, ctx, namespace, Some(&failed), &[]).await;
+    let mut propagated = es
+        .status
+        .as_ref()
+        .and_then(|status| status.propagated_data_hash.clone());
+    // Restarts still owed for data written before (they failed, or the operator stopped in between): the
+    // Secret holds our data, and it is not what the workloads were last restarted for.
+    let mut restarts_owed = false;
+    if let (Some(existing), Some(previous), true) = (&existing, &propagated, intact)
+        && creation != CreationPolicy::None
+    {
+        let current = target::our_data_hash(existing, es, &ctx.hasher);
+        if &current != previous {
+            if restart_workloads(es, ctx, namespace, &current, &[]).await {
+                record_propagated(es, ctx, namespace, &current).await?;
+                propagated = Some(current);
+            } else {
+                restarts_owed = true;
+            }
+        }
     }
     let es_ref = ObjectRef::from_obj(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
@@ -397,7 +420,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         // A changed store (credentials, region, version check) is read from again in full.
         if registered.is_none_or(|registered| registered == store.version()) {
             if !ctx.watches.stale(&es_ref) {
-                return Ok(Synced::UpToDate(wait));
+                return Ok(Synced::UpToDate(owed_soon(wait, restarts_owed)));
             }
             rotated = Some(wait);
         }
@@ -438,6 +461,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         })
         .collect();
     let rendered = render(es, ctx, namespace, fetched.data).await?;
+    let data_hash = target::rendered_hash(&ctx.hasher, &rendered);
     let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
     match (&provider, check) {
         (Provider::Aws(aws), Some(check)) => {
@@ -446,54 +470,74 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         }
         _ => ctx.watches.forget(&es_ref),
     }
-    if rotated.is_none() {
-        ctx.synced(key(es), synced_resource_version(es));
-    }
-    if written == (Written::Updated { data_changed: true }) {
-        propagate(es, ctx, namespace, &es_ref, rotated.is_some()).await;
-    }
+    let propagated = match written {
+        // A new Secret: pods that use it read it when they start.
+        Written::Created => Some(data_hash),
+        Written::Updated { data_changed: true } => {
+            if propagate(es, ctx, namespace, &es_ref, rotated.is_some(), &data_hash).await {
+                Some(data_hash)
+            } else {
+                restarts_owed = true;
+                propagated
+            }
+        }
+        // First sync since the field exists: what is there now is what the workloads have.
+        _ => propagated.or(Some(data_hash)),
+    };
+    let wait = rotated.unwrap_or_else(|| next_refresh(es, refresh));
     Ok(Synced::Written {
         written,
         versions: fetched.versions,
-        wait: rotated.unwrap_or_else(|| next_refresh(es, refresh)),
+        propagated,
+        wait: owed_soon(wait, restarts_owed),
+        full_sync: rotated.is_none(),
     })
 }
 
+/// Restarts that failed are tried again soon, whatever the refresh schedule.
+fn owed_soon(wait: Option<Duration>, restarts_owed: bool) -> Option<Duration> {
+    match (wait, restarts_owed) {
+        (wait, false) => wait,
+        (Some(wait), true) => Some(wait.min(RESTART_RETRY)),
+        (None, true) => Some(RESTART_RETRY),
+    }
+}
+
 /// After the Secret's data changed: restarts the workloads that asked for it, and measures how long a
-/// rotation took to get here.
+/// rotation took to get here. Whether every restart happened.
 async fn propagate(
     es: &ExternalSecret,
     ctx: &Context,
     namespace: &str,
     es_ref: &ObjectRef<ExternalSecret>,
     rotated: bool,
-) {
+    data_hash: &str,
+) -> bool {
     let detections = if rotated {
         ctx.watches.detections(es_ref)
     } else {
         Vec::new()
     };
     observe_propagation(ctx, &detections, "secret_written");
-    restart_workloads(es, ctx, namespace, None, &detections).await;
+    restart_workloads(es, ctx, namespace, data_hash, &detections).await
 }
 
-/// Restarts the workloads using the Secret (with `only`, those whose restart failed before). Failures
-/// are remembered and tried again every `RESTART_RETRY`, so that a change is never left without its
-/// restart.
+/// Restarts the workloads using the Secret that were not restarted for `data_hash` yet; whether all were.
+/// A failure is reported, and the restart stays owed (`status.propagatedDataHash` is not moved on), so it is
+/// tried again, also by another replica or after a crash.
 async fn restart_workloads(
     es: &ExternalSecret,
     ctx: &Context,
     namespace: &str,
-    only: Option<&BTreeSet<String>>,
+    data_hash: &str,
     detections: &[Detection],
-) {
-    let restarts = restart::restart_users(ctx, es, namespace, es.target_name(), only).await;
+) -> bool {
+    let restarts = restart::restart_users(ctx, es, namespace, es.target_name(), data_hash).await;
     if restarts.restarted > 0 {
         observe_propagation(ctx, detections, "restart_triggered");
     }
     let Some(err) = restarts.error else {
-        ctx.restarts_done(&key(es));
-        return;
+        return true;
     };
     publish(
         ctx,
@@ -514,7 +558,7 @@ async fn restart_workloads(
         ),
     )
     .await;
-    ctx.restarts_pending(key(es), restarts.failed);
+    false
 }
 
 fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {

@@ -25,6 +25,7 @@ pub(super) async fn record_success(
     namespace: &str,
     written: Written,
     versions: BTreeMap<String, String>,
+    propagated: Option<String>,
 ) -> Result<()> {
     let target = es.target_name().to_string();
     let old = es.status.clone().unwrap_or_default();
@@ -48,6 +49,7 @@ pub(super) async fn record_success(
     status.synced_resource_version = Some(synced_resource_version(es));
     status.binding = binding;
     status.synced_versions = versions;
+    status.propagated_data_hash = propagated;
     ctx.metrics
         .external_secret_ready(namespace, &es.name_any(), None);
     if status != old || written != Written::Unchanged {
@@ -156,6 +158,18 @@ pub(super) async fn record_failure(
     )
     .await;
     Ok(())
+}
+
+/// The workloads have had their restarts for `data_hash`: nothing is owed any more.
+pub(super) async fn record_propagated(
+    es: &ExternalSecret,
+    ctx: &Context,
+    namespace: &str,
+    data_hash: &str,
+) -> Result<()> {
+    let mut status = es.status.clone().unwrap_or_default();
+    status.propagated_data_hash = Some(data_hash.to_string());
+    patch_status(ctx, es, namespace, &status).await
 }
 
 async fn patch_status(
