@@ -232,6 +232,78 @@ async fn an_event_on_the_queue_propagates_within_two_seconds() {
     );
 }
 
+/// Two stores with different identities watch one secret through one queue: the queue has one consumer,
+/// and one event reaches both.
+#[tokio::test]
+async fn two_identities_on_one_queue_both_propagate_within_two_seconds() {
+    let t = TestContext::new("events-shared").await;
+    let (sqs, queue_url) = t.create_queue().await;
+    let key = t.create_remote("db", "v1").await;
+    let events =
+        json!({"strategy": "Events", "interval": "10m", "events": {"queueURL": queue_url}});
+    t.store_with_check("own", events.clone()).await;
+    let (id, secret) = t
+        .create_user("keys", &["read-policy.json", "version-check-policy.json"])
+        .await;
+    t.apply_yaml(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-keys"},
+                "stringData": {"id": id, "secret": secret}})
+        .to_string(),
+    )
+    .await;
+    t.apply_yaml(
+        &json!({
+            "apiVersion": "secretsync.io/v1alpha1", "kind": "SecretStore", "metadata": {"name": "keys"},
+            "spec": {"provider": {"aws": {
+                "service": "SecretsManager", "region": "us-east-1", "versionCheck": events,
+                "auth": {"secretRef": {
+                    "accessKeyIDSecretRef": {"name": "aws-keys", "key": "id"},
+                    "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret"},
+                }},
+            }}},
+        })
+        .to_string(),
+    )
+    .await;
+    let _operator = t.start_operator();
+    for (name, store) in [("a", "own"), ("b", "keys")] {
+        t.apply_yaml(&value_external_secret(
+            name,
+            store,
+            "SecretStore",
+            &key,
+            None,
+        ))
+        .await;
+        t.wait_for_value(name, "v1").await;
+    }
+    // Let the consumer start its long poll.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for round in 2..=3 {
+        let value = format!("v{round}");
+        t.put_remote(&key, &value).await;
+        let event = json!({
+            "version": "0", "id": format!("e-{round}"), "detail-type": "Secret Label Updated",
+            "source": "aws.secretsmanager", "account": "123456789012", "region": "us-east-1",
+            "time": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "resources": [], "detail": {"secretId": key},
+        });
+        let sent = Instant::now();
+        sqs.send_message()
+            .queue_url(&queue_url)
+            .message_body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        t.wait_for_value("a", &value).await;
+        t.wait_for_value("b", &value).await;
+        let took = sent.elapsed();
+        println!("one event, two identities: both Secrets at {value} {took:?} after it was sent");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+}
+
 #[tokio::test]
 async fn previous_and_pinned_versions_are_not_disturbed() {
     let t = TestContext::new("stages").await;

@@ -14,7 +14,7 @@ use super::{AbortOnDrop, Detection, GroupKey, StoreHandle, Watches, strategy_lab
 use crate::api::{ClusterSecretStore, SecretStore, StoreKind, VersionCheckStrategy};
 use crate::error::{Error, Result};
 use crate::provider::aws::AwsSecretsManager;
-use crate::provider::aws::events::name_in_arn;
+use crate::provider::aws::events::{QueueMessage, SecretEvent, name_in_arn};
 use crate::provider::{Provider, SecretProvider, Version};
 
 /// DescribeSecret checks in flight at once for one group.
@@ -28,16 +28,71 @@ enum Observation {
     Gone,
 }
 
-pub(super) fn start(watches: Arc<Watches>, key: GroupKey) -> Vec<AbortOnDrop> {
-    let mut tasks = vec![AbortOnDrop(
-        tokio::spawn(poll(watches.clone(), key.clone())).abort_handle(),
-    )];
-    if key.check.strategy == VersionCheckStrategy::Events {
-        tasks.push(AbortOnDrop(
-            tokio::spawn(listen(watches, key)).abort_handle(),
-        ));
+pub(super) fn start(watches: Arc<Watches>, key: GroupKey) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(poll(watches, key)).abort_handle())
+}
+
+/// The one consumer of an SQS queue, whatever the number of groups (identities and check settings) that
+/// watch secrets through it: competing consumers would each take and drop the others' events. Every event
+/// goes to every group; a message is deleted only once every group has applied it (otherwise it comes back
+/// after the queue's visibility timeout). Ends when no group uses the queue any more.
+pub(super) fn consume(watches: Arc<Watches>, queue_url: String) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(consume_queue(watches, queue_url)).abort_handle())
+}
+
+async fn consume_queue(watches: Arc<Watches>, queue_url: String) {
+    loop {
+        let Some(groups) = watches.queue_groups(&queue_url) else {
+            return;
+        };
+        let Some((client, messages)) = receive(&watches, &groups, &queue_url).await else {
+            tokio::time::sleep(QUEUE_RETRY).await;
+            continue;
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        // Groups may have come during the long poll: the event is theirs too.
+        let Some(groups) = watches.queue_groups(&queue_url) else {
+            return;
+        };
+        let events: Vec<&SecretEvent> = messages.iter().filter_map(|m| m.event.as_ref()).collect();
+        let mut applied = true;
+        for key in &groups {
+            applied &= watches.apply_events(key, &events).await;
+        }
+        let done: Vec<String> = messages
+            .into_iter()
+            .filter(|message| applied || message.event.is_none())
+            .map(|message| message.receipt_handle)
+            .collect();
+        client.delete_messages(&queue_url, done).await;
     }
-    tasks
+}
+
+/// Waits for the queue's next messages with the first group's identity that may read it.
+async fn receive(
+    watches: &Watches,
+    groups: &[GroupKey],
+    queue_url: &str,
+) -> Option<(AwsSecretsManager, Vec<QueueMessage>)> {
+    for key in groups {
+        let Some((store, _)) = watches.targets(key) else {
+            continue;
+        };
+        let received = match watches.client(&store).await {
+            Ok(client) => client
+                .receive_messages(queue_url)
+                .await
+                .map(|messages| (client, messages)),
+            Err(err) => Err(err),
+        };
+        match received {
+            Ok(received) => return Some(received),
+            Err(err) => watches.report(key, Some(&err)).await,
+        }
+    }
+    None
 }
 
 async fn poll(watches: Arc<Watches>, key: GroupKey) {
@@ -68,67 +123,6 @@ async fn poll(watches: Arc<Watches>, key: GroupKey) {
             Ok(observed) => {
                 watches.report(&key, None).await;
                 let observed = observed.into_iter().map(|(k, o)| (k, o, None)).collect();
-                watches.apply(&key, &client, observed, started).await;
-            }
-            Err(err) => watches.report(&key, Some(&err)).await,
-        }
-    }
-}
-
-/// Receives Secrets Manager events and checks the watched secrets they name with DescribeSecret.
-async fn listen(watches: Arc<Watches>, key: GroupKey) {
-    let Some(queue_url) = key.check.events.as_ref().map(|e| e.queue_url.clone()) else {
-        return;
-    };
-    loop {
-        let Some((store, _)) = watches.targets(&key) else {
-            return;
-        };
-        let received = match watches.client(&store).await {
-            Ok(client) => client
-                .receive_events(&queue_url)
-                .await
-                .map(|events| (client, events)),
-            Err(err) => Err(err),
-        };
-        let (client, events) = match received {
-            Ok(received) => received,
-            Err(err) => {
-                watches.report(&key, Some(&err)).await;
-                tokio::time::sleep(QUEUE_RETRY).await;
-                continue;
-            }
-        };
-        if events.is_empty() {
-            continue;
-        }
-        let Some((_, targets)) = watches.targets(&key) else {
-            return;
-        };
-        let mut named: HashMap<String, Option<Timestamp>> = HashMap::new();
-        for event in &events {
-            for target in targets
-                .iter()
-                .filter(|t| event.secret_ids.iter().any(|id| names_same_secret(id, t)))
-            {
-                let time = named.entry(target.clone()).or_insert(event.time);
-                *time = (*time).min(event.time).or(event.time);
-            }
-        }
-        if named.is_empty() {
-            continue;
-        }
-        let matched: Vec<String> = named.keys().cloned().collect();
-        let started = Instant::now();
-        match describe(&client, &matched).await {
-            Ok(observed) => {
-                let observed = observed
-                    .into_iter()
-                    .map(|(k, o)| {
-                        let time = named.get(&k).copied().flatten();
-                        (k, o, time)
-                    })
-                    .collect();
                 watches.apply(&key, &client, observed, started).await;
             }
             Err(err) => watches.report(&key, Some(&err)).await,
@@ -216,6 +210,71 @@ fn common_path(targets: &[String]) -> String {
 }
 
 impl Watches {
+    /// The groups that watch through `queue_url`; `None` (and the queue's consumer forgotten) when none does.
+    fn queue_groups(&self, queue_url: &str) -> Option<Vec<GroupKey>> {
+        let mut state = self.lock();
+        let groups: Vec<GroupKey> = state
+            .groups
+            .keys()
+            .filter(|key| {
+                key.check.events.as_ref().map(|e| e.queue_url.as_str()) == Some(queue_url)
+            })
+            .cloned()
+            .collect();
+        if groups.is_empty() {
+            state.queues.remove(queue_url);
+            return None;
+        }
+        Some(groups)
+    }
+
+    /// Checks the watched secrets that events name with DescribeSecret, with the group's identity; whether
+    /// that worked (or there was nothing of this group's to check).
+    async fn apply_events(&self, key: &GroupKey, events: &[&SecretEvent]) -> bool {
+        let Some((store, targets)) = self.targets(key) else {
+            return true;
+        };
+        let mut named: HashMap<String, Option<Timestamp>> = HashMap::new();
+        for event in events {
+            for target in targets
+                .iter()
+                .filter(|t| event.secret_ids.iter().any(|id| names_same_secret(id, t)))
+            {
+                let time = named.entry(target.clone()).or_insert(event.time);
+                *time = (*time).min(event.time).or(event.time);
+            }
+        }
+        if named.is_empty() {
+            return true;
+        }
+        let client = match self.client(&store).await {
+            Ok(client) => client,
+            Err(err) => {
+                self.report(key, Some(&err)).await;
+                return false;
+            }
+        };
+        let matched: Vec<String> = named.keys().cloned().collect();
+        let started = Instant::now();
+        match describe(&client, &matched).await {
+            Ok(observed) => {
+                let observed = observed
+                    .into_iter()
+                    .map(|(k, o)| {
+                        let time = named.get(&k).copied().flatten();
+                        (k, o, time)
+                    })
+                    .collect();
+                self.apply(key, &client, observed, started).await;
+                true
+            }
+            Err(err) => {
+                self.report(key, Some(&err)).await;
+                false
+            }
+        }
+    }
+
     /// The group's store and the secrets it watches; `None` once the group is gone.
     fn targets(&self, key: &GroupKey) -> Option<(StoreHandle, Vec<String>)> {
         let state = self.lock();

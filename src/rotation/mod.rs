@@ -150,7 +150,7 @@ struct Group {
     secrets: HashMap<String, Watched>,
     /// The last check failure reported, so that a failing check is reported once, not every interval.
     last_error: Option<String>,
-    _tasks: Vec<AbortOnDrop>,
+    _poll: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -172,6 +172,8 @@ struct Registration {
 struct State {
     groups: HashMap<GroupKey, Group>,
     registrations: HashMap<ObjectRef<ExternalSecret>, Registration>,
+    /// The consumer of each SQS queue that groups with the `Events` check watch through.
+    queues: HashMap<String, AbortOnDrop>,
 }
 
 pub struct Watches {
@@ -345,10 +347,17 @@ impl Watches {
                 store: store.clone(),
                 secrets: HashMap::new(),
                 last_error: None,
-                _tasks: checks::start(self.clone(), key.clone()),
+                _poll: checks::start(self.clone(), key.clone()),
             });
             let store_version = store.version();
             group.store = store;
+            if let Some(events) = &key.check.events
+                && key.check.strategy == VersionCheckStrategy::Events
+                && !state.queues.contains_key(&events.queue_url)
+            {
+                let consumer = checks::consume(self.clone(), events.queue_url.clone());
+                state.queues.insert(events.queue_url.clone(), consumer);
+            }
             // What it read before is replaced; the watches themselves (values, detections) stay.
             let reading: BTreeSet<String> = reads
                 .iter()

@@ -549,6 +549,7 @@ pub fn documented_policy(file: &str, namespace: &str) -> String {
         .replace("ACCOUNT_ID", MOTO_ACCOUNT)
         .replace("REGION", "us-east-1")
         .replace("EXTERNAL_ID", EXTERNAL_ID)
+        .replace("QUEUE_NAME", namespace)
         .replace("team-a/", &format!("{namespace}/"));
     let document: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));

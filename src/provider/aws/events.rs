@@ -17,6 +17,13 @@ const PROVIDER: &str = "AWS/SQS";
 const LONG_POLL_SECONDS: i32 = 20;
 const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(LONG_POLL_SECONDS as u64 + 10);
 
+/// A message received from the queue: its handle, and the Secrets Manager event it holds (`None` for
+/// anything else, which is deleted unread).
+pub struct QueueMessage {
+    pub receipt_handle: String,
+    pub event: Option<SecretEvent>,
+}
+
 /// One event: the secrets it names (ids as the event gives them: ARNs or names) and its time.
 #[derive(Debug, PartialEq)]
 pub struct SecretEvent {
@@ -25,9 +32,8 @@ pub struct SecretEvent {
 }
 
 impl AwsSecretsManager {
-    /// Waits for the queue's next messages (long polling), deletes them, and returns the Secrets Manager
-    /// events among them. Messages that are not Secrets Manager events are dropped.
-    pub async fn receive_events(&self, queue_url: &str) -> Result<Vec<SecretEvent>> {
+    /// Waits for the queue's next messages (long polling). They stay on the queue until `delete_messages`.
+    pub async fn receive_messages(&self, queue_url: &str) -> Result<Vec<QueueMessage>> {
         let result = self
             .sqs
             .receive_message()
@@ -49,17 +55,30 @@ impl AwsSecretsManager {
         self.metrics
             .provider_call(PROVIDER, "ReceiveMessage", error_code(&result).as_deref());
         let output = result.map_err(|err| super::classify("ReceiveMessage", None, err))?;
-        let messages = output.messages();
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let entries: Vec<_> = messages
+        Ok(output
+            .messages()
             .iter()
+            .filter_map(|message| {
+                Some(QueueMessage {
+                    receipt_handle: message.receipt_handle()?.to_string(),
+                    event: message.body().and_then(parse_event),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes handled messages. Failing only means they come back: checking them twice is harmless.
+    pub async fn delete_messages(&self, queue_url: &str, receipt_handles: Vec<String>) {
+        if receipt_handles.is_empty() {
+            return;
+        }
+        let entries: Vec<_> = receipt_handles
+            .into_iter()
             .enumerate()
-            .filter_map(|(index, message)| {
+            .filter_map(|(index, handle)| {
                 DeleteMessageBatchRequestEntry::builder()
                     .id(index.to_string())
-                    .receipt_handle(message.receipt_handle()?)
+                    .receipt_handle(handle)
                     .build()
                     .ok()
             })
@@ -76,15 +95,9 @@ impl AwsSecretsManager {
             "DeleteMessageBatch",
             error_code(&deleted).as_deref(),
         );
-        // Not deleting only means the events come back: checking them twice is harmless.
         if let Err(err) = deleted {
             tracing::warn!(error = %super::classify("DeleteMessageBatch", None, err), "could not delete events from the queue");
         }
-        Ok(messages
-            .iter()
-            .filter_map(|m| m.body())
-            .filter_map(parse_event)
-            .collect())
     }
 }
 
