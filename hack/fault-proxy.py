@@ -9,6 +9,8 @@ Control (not forwarded):
         refuse:    the connection is closed without an answer (AWS unreachable)
         blackhole: the connection is accepted and never answered, until the mode changes
         throttle:  Secrets Manager and SQS calls get 400 ThrottlingException; STS passes
+        stale-list: ListSecrets answers stay what the first one after the switch said (a lagging listing);
+                   everything else passes
     GET  /fault-proxy/stats  {"mode": ..., "forwarded": n, "faulted": n, "faulted_by_action": {...}}
 """
 
@@ -19,7 +21,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-state = {"mode": "pass", "forwarded": 0, "faulted": 0, "faulted_by_action": {}}
+state = {"mode": "pass", "forwarded": 0, "faulted": 0, "faulted_by_action": {}, "frozen_list": None}
 lock = threading.Lock()
 mode_changed = threading.Condition(lock)
 
@@ -43,9 +45,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/fault-proxy/mode" and self.command == "POST":
             with lock:
                 state["mode"] = json.loads(body)["mode"]
+                state["frozen_list"] = None
                 mode_changed.notify_all()
         with lock:
-            answer = json.dumps(state).encode()
+            answer = json.dumps({k: v for k, v in state.items() if k != "frozen_list"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -68,6 +71,12 @@ class Handler(BaseHTTPRequestHandler):
             mode = state["mode"]
             if mode == "throttle" and is_sts:
                 mode = "pass"
+            if mode == "stale-list":
+                if action != "ListSecrets":
+                    mode = "pass"
+                elif state["frozen_list"] is not None:
+                    self.count_fault(action)
+                    return self.answer(*state["frozen_list"])
             if mode != "pass":
                 self.count_fault(action)
             if mode == "blackhole":
@@ -93,17 +102,22 @@ class Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
         connection.request(self.command, self.path, body=body, headers=headers)
         response = connection.getresponse()
-        answer = response.read()
+        answer = (response.status, response.getheaders(), response.read())
+        connection.close()
         with lock:
             state["forwarded"] += 1
-        self.send_response(response.status)
-        for key, value in response.getheaders():
+            if state["mode"] == "stale-list" and action_of(self.headers, body) == "ListSecrets":
+                state["frozen_list"] = answer
+        self.answer(*answer)
+
+    def answer(self, status, headers, body):
+        self.send_response(status)
+        for key, value in headers:
             if key.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(answer)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(answer)
-        connection.close()
+        self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
 

@@ -320,3 +320,47 @@ async fn black_holed_aws_times_out_and_sigterm_still_stops_in_time() {
     );
     proxy.set_mode("pass").await;
 }
+
+/// A ListSecrets that lags behind (the proxy keeps serving the page from before a rotation) never moves a
+/// Secret back, and costs at most one confirming read per check while it lags.
+#[tokio::test]
+async fn a_lagging_list_secrets_never_rolls_a_secret_back() {
+    let t = TestContext::new("fault-stale-list").await;
+    let key = t.create_remote("db", "v1").await;
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1s"}))
+        .await;
+    let proxy = FaultProxy::start().await;
+    let _operator = proxy.operator(&t.namespace, &[]);
+    t.sync_value("db", "aws", &key, "v1").await;
+
+    proxy.set_mode("stale-list").await;
+    wait_for("a listing to be frozen", TIMEOUT, || async {
+        let faulted = proxy.faulted().await;
+        (faulted >= 2).then_some(()).ok_or(faulted)
+    })
+    .await;
+    // The rotation reaches the Secret by a full read; the listing still says v1 is current.
+    t.put_remote(&key, "v2").await;
+    t.force_sync("db", "after-rotation").await;
+    t.wait_for_value("db", "v2").await;
+    let reads_before = common::value_reads(&key).len();
+    let lagging = Duration::from_secs(8);
+    let started = Instant::now();
+    while started.elapsed() < lagging {
+        let data = t.secret_data("db").await.unwrap();
+        assert_eq!(data["value"], "v2", "rolled back while ListSecrets lagged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let confirming_reads = common::value_reads(&key).len() - reads_before;
+    let stale_lists = proxy.faulted().await;
+    println!(
+        "lagging ListSecrets for {}s ({stale_lists} stale pages served): the Secret stayed at v2; {confirming_reads} confirming reads",
+        lagging.as_secs()
+    );
+    assert!(
+        confirming_reads <= lagging.as_secs() as usize + 2,
+        "{confirming_reads} reads in {}s of 1s checks",
+        lagging.as_secs()
+    );
+    proxy.set_mode("pass").await;
+}
