@@ -103,6 +103,11 @@ pub enum Error {
     )]
     ImmutableSecret(String),
 
+    #[error(
+        "Secret {name:?} would hold {bytes} bytes of data; a Secret holds at most {MAX_SECRET_BYTES}"
+    )]
+    SecretTooLarge { name: String, bytes: usize },
+
     #[error("Kubernetes API error: {}", summarize_kube(.0))]
     Kube(#[from] kube::Error),
 }
@@ -161,6 +166,9 @@ fn for_key(key: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// The API server's limit on a Secret's data, keys and values together.
+pub const MAX_SECRET_BYTES: usize = 1 << 20;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
@@ -189,6 +197,7 @@ impl Error {
             Error::SecretConflict(_) => "SecretConflict",
             Error::SecretMissing(_) => "SecretMissing",
             Error::ImmutableSecret(_) => "ImmutableSecret",
+            Error::SecretTooLarge { .. } => "SecretTooLarge",
             Error::Kube(_) => "SecretSyncedError",
         }
     }

@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{CreationPolicy, ExternalSecret};
 use crate::data_hash::DataHasher;
-use crate::error::{Error, Result};
+use crate::error::{Error, MAX_SECRET_BYTES, Result};
 use crate::template::Rendered;
 use sha2::{Digest, Sha256};
 
@@ -128,6 +128,16 @@ pub async fn write(
         .into_iter()
         .map(|(key, value)| (key, ByteString(value)))
         .collect();
+    let bytes: usize = data
+        .iter()
+        .map(|(key, value)| key.len() + value.0.len())
+        .sum();
+    if bytes > MAX_SECRET_BYTES {
+        return Err(Error::SecretTooLarge {
+            name: es.target_name().to_string(),
+            bytes,
+        });
+    }
     let target = &es.spec.target;
     let secret = match target.creation_policy {
         CreationPolicy::None => return Ok(Written::Unchanged),

@@ -98,7 +98,86 @@ fn parse_json(remote: &RemoteSecret, key: &str, property: Option<&str>) -> Resul
         }
     };
     // serde_json's error messages quote no input, but say nothing of the value anyway.
-    serde_json::from_str(text).map_err(|_| invalid("the value is not JSON"))
+    serde_json::from_str::<Strict>(text)
+        .map(|strict| strict.0)
+        .map_err(|err| {
+            let message = err.to_string();
+            if message.starts_with(DUPLICATE_KEY) {
+                invalid("the value is JSON with an object that names a key twice")
+            } else if message.starts_with("recursion limit exceeded") {
+                invalid("the value is JSON nested too deeply (over 128 levels)")
+            } else {
+                invalid("the value is not JSON")
+            }
+        })
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// JSON that names no key twice in an object: parsers differ on which of the two they keep, so neither is
+/// safe to write into a Secret.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, Strict(value))) = map.next_entry::<String, Strict>()? {
+            if object.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Strings as their text, everything else as compact JSON.
@@ -205,6 +284,20 @@ mod tests {
 
     fn read(secret: &RemoteSecret, property: Option<&str>) -> Result<Vec<u8>> {
         value_bytes(secret, "k", property, DecodingStrategy::None)
+    }
+
+    #[test]
+    fn hostile_json_is_refused_with_its_problem() {
+        let problem = |value: &str| read(&text(value), Some("a")).unwrap_err().to_string();
+        assert!(problem(r#"{"a":1,"a":2}"#).contains("names a key twice"));
+        assert!(problem(r#"{"b":{"a":1,"a":2}}"#).contains("names a key twice"));
+        let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+        assert!(problem(&deep).contains("nested too deeply"));
+        assert!(problem("{nope").contains("not JSON"));
+        assert_eq!(
+            read(&text(r#"{"a":[1,{"b":null}]}"#), Some("a")).unwrap(),
+            br#"[1,{"b":null}]"#
+        );
     }
 
     #[test]

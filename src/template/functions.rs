@@ -31,9 +31,10 @@ fn invalid(detail: &'static str) -> Error {
 /// A fetched key by name, for keys that are not identifiers (`lookup("tls-key")`). The name is not quoted
 /// back: `lookup(password)`, a natural slip for `lookup("password")`, passes the value as the name.
 fn lookup(state: &State, name: &str) -> Result<Value, Error> {
-    state.lookup(name).ok_or_else(|| {
-        invalid("lookup: no fetched key has that name (quote a key's name: lookup(\"tls-key\"))")
-    })
+    // Reported as undefined, whose description says how to name a key and quotes nothing.
+    state
+        .lookup(name)
+        .ok_or_else(|| Error::from(ErrorKind::UndefinedError))
 }
 
 fn bytes_of(value: &Value) -> Result<Vec<u8>, Error> {

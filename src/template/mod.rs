@@ -156,8 +156,44 @@ fn context(fetched: &BTreeMap<String, Vec<u8>>) -> Value {
 }
 
 fn render_one(env: &Environment<'_>, name: &str, text: &str, context: &Value) -> Result<String> {
-    env.render_named_str(name, text, context)
-        .map_err(|err| Error::Template(describe(&err, name)))
+    let template = env
+        .template_from_named_str(name, text)
+        .map_err(|err| Error::Template(describe(&err, name)))?;
+    let mut output = Bounded::default();
+    match template.render_captured_to(context.clone(), &mut output) {
+        Ok(_) => String::from_utf8(output.bytes)
+            .map_err(|_| Error::Template(format!("{name}: the output is not UTF-8"))),
+        Err(_) if output.exceeded => Err(Error::Template(format!(
+            "{name}: the output is over {} bytes, more than a Secret can hold",
+            MAX_OUTPUT
+        ))),
+        Err(err) => Err(Error::Template(describe(&err, name))),
+    }
+}
+
+/// A Secret holds at most 1 MiB: a template that writes more (a loop over a large value, say) is stopped
+/// there instead of growing without bound within its fuel.
+const MAX_OUTPUT: usize = 1 << 20;
+
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    exceeded: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Errors name the template and line. Their detail is kept only for kinds whose detail comes from the
@@ -323,6 +359,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("fuel"), "{err}");
+
+        let err = render(
+            &template(&[(
+                "x",
+                "{% for i in range(3000) %}{{ user * 1000 }}{% endfor %}",
+            )]),
+            &[],
+            fetched(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("more than a Secret can hold"),
+            "{err}"
+        );
     }
 
     #[test]
