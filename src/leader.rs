@@ -1,9 +1,16 @@
 //! How the operator starts and stops: leader election on a Lease (so that several replicas run one active
 //! operator and a standby takes over) and the stop signal that lets in-flight syncs finish.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,12 +19,17 @@ use tokio::task::JoinHandle;
 const LEASE_DURATION_SECONDS: u64 = 15;
 /// The holder renews this long before its lease would expire.
 const LEASE_RENEW_GRACE_SECONDS: u64 = 5;
+/// A leader that has not seen its own renewal for this long stops, before a standby may take over (at the
+/// lease duration): the lease manager keeps believing it leads while the API server cannot be reached.
+const SELF_EXPIRY: Duration = Duration::from_secs(LEASE_DURATION_SECONDS - 2);
 
 /// The Lease this process holds while it leads.
 pub struct Leadership {
     leading: watch::Receiver<bool>,
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
     lease: String,
+    expired: watch::Receiver<bool>,
+    _guard: AbortOnDrop,
 }
 
 impl Leadership {
@@ -28,6 +40,8 @@ impl Leadership {
         lease: &str,
         identity: &str,
     ) -> Result<Self, kube_lease_manager::LeaseManagerError> {
+        let lease_name = lease;
+        let manager_client = client.clone();
         let manager = LeaseManagerBuilder::new(client, lease)
             .with_namespace(namespace)
             .with_identity(identity)
@@ -49,17 +63,31 @@ impl Leadership {
             };
         }
         tracing::info!(%lease, "leading");
+        let (expire, expired) = watch::channel(false);
+        let guard = tokio::spawn(expiry_guard(
+            Api::namespaced(manager_client, namespace),
+            lease_name.to_string(),
+            identity.to_string(),
+            expire,
+        ));
         Ok(Leadership {
             leading,
             task,
             lease,
+            expired,
+            _guard: AbortOnDrop(guard.abort_handle()),
         })
     }
 
-    /// Resolves when the lease is lost (not renewed in time, or taken over).
+    /// Resolves when the lease is lost: taken over, or not seen renewed for `SELF_EXPIRY` (cut off from the
+    /// API server, this process cannot know whether another has taken it).
     pub async fn lost(&self) {
         let mut leading = self.leading.clone();
-        let _ = leading.wait_for(|leading| !*leading).await;
+        let mut expired = self.expired.clone();
+        tokio::select! {
+            _ = leading.wait_for(|leading| !*leading) => {}
+            _ = expired.wait_for(|expired| *expired) => {}
+        }
     }
 
     /// Gives the lease up, so that the Lease shows no holder. A standby still takes over only when the expiry
@@ -74,6 +102,67 @@ impl Leadership {
             Ok(Err(err)) => tracing::warn!(error = %err, "leader lease task failed"),
             Err(_) => tracing::warn!(lease = %self.lease, "timed out releasing the leader lease"),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches the Lease for our own renewals, and says `expired` once none has been seen for `SELF_EXPIRY`, or
+/// another holder is seen. A watch, not polling: when the API server cannot be reached nothing arrives, and
+/// the clock alone decides.
+async fn expiry_guard(
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+    expire: watch::Sender<bool>,
+) {
+    let renewed = Arc::new(Mutex::new(Instant::now()));
+    let seen = renewed.clone();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let updates = watcher(leases, config)
+        .default_backoff()
+        .applied_objects()
+        .for_each(|lease| {
+            if let Ok(lease) = lease {
+                let spec = lease.spec.unwrap_or_default();
+                if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                    tracing::warn!(holder = ?spec.holder_identity, "another replica holds the leader lease");
+                    expire.send_replace(true);
+                } else if let Some(renew) = spec.renew_time {
+                    // The renewal time is our own clock's, written by our lease manager.
+                    let age = Timestamp::now().duration_since(renew.0);
+                    let at = Instant::now()
+                        .checked_sub(age.unsigned_abs())
+                        .unwrap_or_else(Instant::now);
+                    *seen.lock().expect("never poisoned") = at;
+                }
+            }
+            std::future::ready(())
+        });
+    let clock = async {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let last = *renewed.lock().expect("never poisoned");
+            if last.elapsed() >= SELF_EXPIRY {
+                tracing::warn!(
+                    seconds = last.elapsed().as_secs(),
+                    "no renewal of the leader lease seen: stopping before another replica may take over"
+                );
+                expire.send_replace(true);
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = updates => {}
+        () = clock => {}
     }
 }
 

@@ -149,3 +149,119 @@ async fn a_missing_operator_namespace_is_one_clear_line() {
     );
     assert!(!stderr.contains("Status {"), "{stderr}");
 }
+
+/// A TCP proxy in front of the API server that can cut one process off (`hack/cut-proxy.py`), and a
+/// kubeconfig through it; stopped by PID on drop.
+struct CutProxy {
+    child: std::process::Child,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl CutProxy {
+    async fn start(name: &str) -> Self {
+        let vars = common::env_vars();
+        let kubeconfig =
+            std::fs::read_to_string(&vars["KUBECONFIG"]).expect("the stack's kubeconfig");
+        let server = kubeconfig
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("server: https://"))
+            .expect("a server line")
+            .to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("python3")
+            .arg(format!("{}/hack/cut-proxy.py", common::MANIFEST_DIR))
+            .args(["--port", &port.to_string(), "--upstream", &server])
+            .spawn()
+            .expect("python3 is required for the cut proxy");
+        let path = std::path::Path::new(common::MANIFEST_DIR)
+            .join(format!("target/test-logs/{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            kubeconfig.replace(&server, &format!("127.0.0.1:{port}")),
+        )
+        .expect("write the proxied kubeconfig");
+        wait_for("the cut proxy", TIMEOUT, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|err| err.to_string())
+        })
+        .await;
+        CutProxy {
+            child,
+            kubeconfig: path,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill is on PATH");
+        assert!(sent.success());
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The leader loses the API server (the standby does not): it stops its controllers and exits before the
+/// standby can take the lease over, so that two replicas never write at once.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over() {
+    let t = TestContext::new("leader-cut").await;
+    t.default_store("aws").await;
+    let key = t.create_remote("db", "v1").await;
+    let proxy = CutProxy::start(&t.namespace).await;
+    let kubeconfig = proxy.kubeconfig.to_string_lossy().into_owned();
+    let mut first = Operator::start(
+        &t.namespace,
+        &[
+            ("SECRETSYNC_LEADER_ELECT", "true"),
+            ("POD_NAME", "replica-a"),
+            ("KUBECONFIG", &kubeconfig),
+        ],
+    );
+    wait_for_holder(&t, "replica-a").await;
+    let _second = Operator::start(&t.namespace, &replica("replica-b"));
+    t.sync_value("before", "aws", &key, "v1").await;
+
+    proxy.signal("-USR1");
+    let cut = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = first.exited() {
+            break code;
+        }
+        assert!(
+            cut.elapsed() < TIMEOUT,
+            "the cut-off leader is still running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let stopped = cut.elapsed();
+    wait_for_holder(&t, "replica-b").await;
+    let taken_over = cut.elapsed();
+    proxy.signal("-USR2");
+    println!(
+        "leader cut off from the API server: it stopped after {:.1} s (exit {code:?}); the standby took over after {:.1} s",
+        stopped.as_secs_f64(),
+        taken_over.as_secs_f64()
+    );
+    assert_eq!(code, Some(1), "{}", first.log());
+    assert!(
+        first.log().contains("no renewal of the leader lease seen"),
+        "{}",
+        first.log()
+    );
+    assert!(
+        stopped < taken_over,
+        "the old leader stopped {stopped:?} after the cut, the standby led after {taken_over:?}"
+    );
+    t.sync_value("after", "aws", &key, "v1").await;
+}

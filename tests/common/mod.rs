@@ -787,6 +787,14 @@ impl Operator {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The exit code once the process has ended by itself (`Some(None)` for a signal).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child
+            .try_wait()
+            .expect("the operator's status")
+            .map(|status| status.code())
+    }
+
     /// SIGKILL, as an OOM kill or a node loss does: nothing runs after it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
