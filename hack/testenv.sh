@@ -6,6 +6,9 @@
 #   hack/testenv.sh up      start (idempotent: a healthy running stack is kept); prints "started" or "running"
 #   hack/testenv.sh down    stop every process by its PID and remove the state
 #   hack/testenv.sh status  exit 0 when the stack answers
+#   hack/testenv.sh control-plane DIR up|stop-apiserver|start-apiserver|down
+#                           a second etcd + kube-apiserver of its own under DIR (the stack's certificates, moto
+#                           shared), for tests that stop and restart the API server; DIR/kubeconfig reaches it
 #
 # Writes target/testenv/kubeconfig and target/testenv/env (export lines: KUBECONFIG, AWS_*, MOTO_URL, HELM, PROMETHEUS_BIN,
 # PROMETHEUS_OPERATOR_CRDS).
@@ -28,6 +31,68 @@ healthy() {
   for p in etcd kube-apiserver kube-controller-manager moto; do alive "$p" || return 1; done
   # shellcheck disable=SC1091
   (source "$STATE/env" && kubectl get --raw /readyz >/dev/null 2>&1 && curl -sf "$MOTO_URL/moto-api/data.json" >/dev/null)
+}
+
+start_apiserver() { # assets, etcd port, API server port
+  local c=$STATE/certs
+  start kube-apiserver "$1/kube-apiserver" --etcd-servers "http://127.0.0.1:$2" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$3" --endpoint-reconciler-type none \
+    --cert-dir "$c" --tls-cert-file "$c/apiserver.crt" --tls-private-key-file "$c/apiserver.key" --client-ca-file "$c/ca.crt" \
+    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --authorization-mode RBAC \
+    --service-account-issuer "https://127.0.0.1:$3/" \
+    --service-account-key-file "$c/sa.pub" --service-account-signing-key-file "$c/sa.key"
+}
+
+start_etcd() { # assets, client port, peer port
+  start etcd "$1/etcd" --name testenv --data-dir "$STATE/etcd" --unsafe-no-fsync \
+    --listen-client-urls "http://127.0.0.1:$2" --advertise-client-urls "http://127.0.0.1:$2" \
+    --listen-peer-urls "http://127.0.0.1:$3" --initial-advertise-peer-urls "http://127.0.0.1:$3" \
+    --initial-cluster "testenv=http://127.0.0.1:$3"
+}
+
+stop_process() { # name
+  if alive "$1"; then
+    local pid
+    pid=$(cat "$STATE/pids/$1")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+}
+
+# A control plane of its own under DIR: the stack's certificates (so the stack's admin client certificate
+# works), its own etcd and kube-apiserver; ports kept in DIR/ports to restart the API server on the same one.
+control_plane() { # dir, action
+  local main_state=$STATE
+  STATE=$1
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  case $2 in
+  up)
+    [ -d "$main_state/certs" ] || die "the stack is not running: start it with 'make test-env'"
+    cp -r "$main_state/certs" "$STATE/certs"
+    local assets
+    assets=$("$ROOT/hack/build-control-plane.sh")
+    echo "$assets $(free_port) $(free_port) $(free_port)" >"$STATE/ports"
+    read -r assets etcd_port peer_port api_port <"$STATE/ports"
+    start_etcd "$assets" "$etcd_port" "$peer_port"
+    wait_for etcd 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
+    start_apiserver "$assets" "$etcd_port" "$api_port"
+    write_kubeconfig "$api_port"
+    wait_for kube-apiserver 120 kube-apiserver kubectl --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+    ;;
+  stop-apiserver) stop_process kube-apiserver ;;
+  start-apiserver)
+    read -r assets etcd_port peer_port api_port <"$STATE/ports"
+    start_apiserver "$assets" "$etcd_port" "$api_port"
+    wait_for kube-apiserver 120 kube-apiserver kubectl --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+    ;;
+  down)
+    stop_process kube-apiserver
+    stop_process etcd
+    rm -rf "$STATE"
+    ;;
+  *) die "usage: $0 control-plane DIR up|stop-apiserver|start-apiserver|down" ;;
+  esac
 }
 
 start() { # name, command...: runs detached from this shell so the stack outlives `make test-env`
@@ -131,21 +196,13 @@ up() {
   local etcd_port peer_port api_port moto_port c=$STATE/certs
   etcd_port=$(free_port) peer_port=$(free_port) api_port=$(free_port) moto_port=$(free_port)
 
-  start etcd "$assets/etcd" --name testenv --data-dir "$STATE/etcd" --unsafe-no-fsync \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "testenv=http://127.0.0.1:$peer_port"
+  start_etcd "$assets" "$etcd_port" "$peer_port"
   # Every request is recorded from the start, so that tests can count the calls they caused.
   start moto env INITIAL_NO_AUTH_ACTION_COUNT=1000000 MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$STATE/moto_recording" \
     "$venv/bin/python" "$ROOT/hack/moto-server.py" -H 127.0.0.1 -p "$moto_port"
   wait_for etcd 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
 
-  start kube-apiserver "$assets/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --endpoint-reconciler-type none \
-    --cert-dir "$c" --tls-cert-file "$c/apiserver.crt" --tls-private-key-file "$c/apiserver.key" --client-ca-file "$c/ca.crt" \
-    --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --authorization-mode RBAC \
-    --service-account-issuer "https://127.0.0.1:$api_port/" \
-    --service-account-key-file "$c/sa.pub" --service-account-signing-key-file "$c/sa.key"
+  start_apiserver "$assets" "$etcd_port" "$api_port"
   write_kubeconfig "$api_port"
   wait_for kube-apiserver 120 kube-apiserver kubectl --kubeconfig "$STATE/kubeconfig" get --raw /readyz
 
@@ -181,15 +238,7 @@ EOF
 
 down_quiet() {
   [ -d "$STATE/pids" ] || return 0
-  for p in kube-controller-manager kube-apiserver moto etcd; do
-    if alive "$p"; then
-      local pid
-      pid=$(cat "$STATE/pids/$p")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  done
+  for p in kube-controller-manager kube-apiserver moto etcd; do stop_process "$p"; done
   rm -rf "$STATE"
 }
 
@@ -197,5 +246,6 @@ case ${1:-} in
 up) up ;;
 down) down_quiet; log "stopped" ;;
 status) healthy ;;
+control-plane) control_plane "${2:?a directory}" "${3:?an action}" ;;
 *) die "usage: $0 up|down|status" ;;
 esac

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -140,6 +141,14 @@ pub async fn run(
         secret_store::run_namespaced(ctx.clone(), namespace, stopping.clone()),
         secret_store::run_cluster(ctx, stopping),
     );
+}
+
+/// How every watch lists: from etcd, not from the API server's watch cache. Right after an API server
+/// restart the cache can answer a list with a resourceVersion that its own watch then refuses as too old
+/// (410), and the watcher, listing from the cache again, never gets past it (seen on a restart of the local
+/// stack's kube-apiserver). Lists happen at start and after a watch is lost, so the cost is small.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent)
 }
 
 /// Resolves once `stopping` turns true, or when its sender is gone.

@@ -86,7 +86,7 @@ async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>, stopping: watch::Re
     let (reader, writer) = reflector::store();
     // Status writes must not trigger another credentials check.
     let metrics = ctx.metrics.clone();
-    let stores = watcher(api, watcher::Config::default())
+    let stores = watcher(api, super::watch_config())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {

@@ -783,6 +783,18 @@ impl Operator {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// CPU seconds used so far (user and system), from `/proc/<pid>/stat` at 100 ticks a second.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the operator runs");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 2..]
+            .split(' ')
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

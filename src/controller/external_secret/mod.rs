@@ -81,7 +81,7 @@ pub async fn run(
         .expect("never poisoned")
         .take()
         .expect("the ExternalSecret controller runs once");
-    let external_secrets = watcher(external_secrets, watcher::Config::default())
+    let external_secrets = watcher(external_secrets, crate::controller::watch_config())
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
@@ -94,20 +94,27 @@ pub async fn run(
         })
         .applied_objects()
         .predicate_filter(changes, Default::default());
-    // Metadata only: secret values never sit in the operator's cache.
+    // Metadata only: secret values never sit in the operator's cache. A relist (after the watch was lost,
+    // an API server restart) reports no deletions: a Secret deleted meanwhile is found by syncing everything.
+    let (relisted, resync) = futures::channel::mpsc::unbounded::<()>();
     let owned = watcher(
         secrets,
-        watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
+        crate::controller::watch_config().labels(&format!("{MANAGED_LABEL}=true")),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            let _ = relisted.unbounded_send(());
+        }
+    })
     .touched_objects();
-    let stores = watcher(stores, watcher::Config::default())
+    let stores = watcher(stores, crate::controller::watch_config())
         .default_backoff()
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
     let cluster_stores = watcher(
         Api::<ClusterSecretStore>::all(client),
-        watcher::Config::default(),
+        crate::controller::watch_config(),
     )
     .default_backoff()
     .touched_objects()
@@ -134,6 +141,7 @@ pub async fn run(
         })
         // Rotations found by the version watches.
         .reconcile_on(woken)
+        .reconcile_all_on(resync)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile, error_policy, ctx)
