@@ -776,3 +776,57 @@ async fn cluster_store_conditions_and_tenant_sessions() {
     );
     drop(operators);
 }
+
+/// A ClusterSecretStore whose conditions stop admitting a namespace: its ExternalSecrets there report
+/// `StoreNotAllowed`, and their version watches stop (nothing keeps checking AWS for them).
+#[tokio::test]
+async fn a_namespace_no_longer_admitted_stops_its_watches() {
+    let t = TestContext::new("cluster-store-revoked").await;
+    let key = t.create_remote("db", "v1").await;
+    let store_name = format!("{}-store", t.namespace);
+    let conditions = |namespaces: &[&str]| {
+        let mut manifest: serde_json::Value = serde_json::from_str(&store(
+            "ClusterSecretStore",
+            &store_name,
+            json!({"versionCheck": {"strategy": "ListSecrets", "interval": "1s"}}),
+        ))
+        .unwrap();
+        manifest["spec"]["conditions"] = json!([{"namespaces": namespaces}]);
+        manifest.to_string()
+    };
+    t.apply_yaml(&conditions(&[&t.namespace])).await;
+    let _cleanup = ClusterScoped(format!("clustersecretstore/{store_name}"));
+    let operator = t.start_operator();
+    t.apply_yaml(&value_external_secret(
+        "app",
+        &store_name,
+        "ClusterSecretStore",
+        &key,
+        None,
+    ))
+    .await;
+    t.wait_for_value("app", "v1").await;
+    let watched = r#"secretsync_remote_secrets_watched{strategy="ListSecrets"}"#;
+    let gauge = || async {
+        let (_, metrics) = operator.http_get("/metrics").await.unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(watched)?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(gauge().await, Some(1.0));
+
+    t.apply_yaml(&conditions(&["some-other-namespace"])).await;
+    wait_for("StoreNotAllowed", TIMEOUT, || async {
+        match t.es_ready("app").await {
+            Some(ready) if ready.2.starts_with("StoreNotAllowed") => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    wait_for("its watch to stop", TIMEOUT, || async {
+        let value = gauge().await;
+        (value == Some(0.0)).then_some(()).ok_or(value)
+    })
+    .await;
+    assert_eq!(t.secret_data("app").await.unwrap()["value"], "v1");
+}
