@@ -52,6 +52,8 @@ pub struct Context {
     /// Each ExternalSecret's last successful sync by this process. Status says the same, but the watch cache
     /// can lag behind our own status write, and a refresh that changed nothing writes no status.
     last_sync: Mutex<HashMap<String, LastSync>>,
+    /// Each ExternalSecret's `status.propagatedDataHash` as this process last wrote it, for the same reason.
+    propagated: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -85,6 +87,7 @@ impl Context {
             backoff: Backoff::default(),
             store_refresh,
             last_sync: Mutex::default(),
+            propagated: Mutex::default(),
         }
     }
 
@@ -111,10 +114,33 @@ impl Context {
         self.last_sync.lock().expect("never poisoned").remove(key);
     }
 
+    fn propagated(&self, key: &str) -> Option<String> {
+        self.propagated
+            .lock()
+            .expect("never poisoned")
+            .get(key)
+            .cloned()
+    }
+
+    fn set_propagated(&self, key: String, data_hash: String) {
+        self.propagated
+            .lock()
+            .expect("never poisoned")
+            .insert(key, data_hash);
+    }
+
+    fn forget_propagated(&self, key: &str) {
+        self.propagated.lock().expect("never poisoned").remove(key);
+    }
+
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist
     /// can miss a deletion, and nothing may grow with objects that are gone.
     fn retain(&self, live: impl Fn(&str) -> bool) {
         self.last_sync
+            .lock()
+            .expect("never poisoned")
+            .retain(|key, _| live(key));
+        self.propagated
             .lock()
             .expect("never poisoned")
             .retain(|key, _| live(key));

@@ -301,6 +301,28 @@ impl Watches {
         })
     }
 
+    /// Whether a read of `key` answered with a version that its stage has already moved away from: AWS is
+    /// eventually consistent, and such a read is older than what the watch (and maybe the Secret) has. A real
+    /// rollback is believed once a check's read confirms it.
+    pub fn superseded(
+        &self,
+        provider: &AwsSecretsManager,
+        check: &VersionCheck,
+        key: &str,
+        version_id: &str,
+    ) -> bool {
+        let group = GroupKey {
+            identity: provider.identity.clone(),
+            check: check.clone(),
+        };
+        let state = self.lock();
+        state
+            .groups
+            .get(&group)
+            .and_then(|group| group.secrets.get(&format!("{}{key}", provider.prefix())))
+            .is_some_and(|watched| watched.superseded.iter().any(|old| old == version_id))
+    }
+
     /// When the versions an ExternalSecret just wrote were noticed, for the propagation metrics.
     pub fn detections(&self, es: &ObjectRef<ExternalSecret>) -> Vec<Detection> {
         let state = self.lock();

@@ -279,7 +279,10 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
             full_sync,
         }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), true);
-            record_success(&es, &ctx, &namespace, written, versions, propagated).await?;
+            record_success(&es, &ctx, &namespace, written, versions, propagated.clone()).await?;
+            if let Some(propagated) = propagated {
+                ctx.set_propagated(key(&es), propagated);
+            }
             // Only once the status says so: a sync whose status write failed is not done.
             if full_sync {
                 ctx.synced(key(&es), synced_resource_version(&es));
@@ -333,6 +336,7 @@ impl Context {
         self.metrics
             .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
         self.forget_sync(&key(es));
+        self.forget_propagated(&key(es));
         self.backoff.reset(&key(es));
         self.watches.forget(&ObjectRef::from_obj(es));
     }
@@ -396,10 +400,12 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     if creation == CreationPolicy::Merge && existing.is_none() {
         return Err(Error::SecretMissing(es.target_name().to_string()));
     }
-    let mut propagated = es
-        .status
-        .as_ref()
-        .and_then(|status| status.propagated_data_hash.clone());
+    // This process's own record first: the cached status can lag behind our last status write.
+    let mut propagated = ctx.propagated(&key(es)).or_else(|| {
+        es.status
+            .as_ref()
+            .and_then(|status| status.propagated_data_hash.clone())
+    });
     // Restarts still owed for data written before (they failed, or the operator stopped in between): the
     // Secret holds our data, and it is not what the workloads were last restarted for.
     let mut restarts_owed = false;
@@ -410,6 +416,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         if &current != previous {
             if restart_workloads(es, ctx, namespace, &current, &[]).await {
                 record_propagated(es, ctx, namespace, &current).await?;
+                ctx.set_propagated(key(es), current.clone());
                 propagated = Some(current);
             } else {
                 restarts_owed = true;
@@ -455,6 +462,23 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             return Ok(Synced::Gone { cleanup, error });
         }
     };
+    if let (Provider::Aws(aws), Some(check)) = (&provider, &check)
+        && let Some((key, _, _)) = fetched.reads.iter().find(|(key, version, secret)| {
+            matches!(version, Version::Stage(_))
+                && secret
+                    .version_id
+                    .as_deref()
+                    .is_some_and(|id| ctx.watches.superseded(aws, check, key, id))
+        })
+    {
+        // Never write an older version than the Secret may hold: read again after a backoff.
+        return Err(Error::Provider {
+            call: "GetSecretValue",
+            key: Some(key.clone()),
+            detail: "AWS answered with a version that was already replaced (eventual consistency)"
+                .into(),
+        });
+    }
     let reads = fetched
         .reads
         .into_iter()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use super::{Cleanup, key, synced_resource_version};
@@ -160,16 +160,23 @@ pub(super) async fn record_failure(
     Ok(())
 }
 
-/// The workloads have had their restarts for `data_hash`: nothing is owed any more.
+/// The workloads have had their restarts for `data_hash`: nothing is owed any more. Only that field is
+/// written: the rest of the cached status may be older than what the last sync wrote.
 pub(super) async fn record_propagated(
     es: &ExternalSecret,
     ctx: &Context,
     namespace: &str,
     data_hash: &str,
 ) -> Result<()> {
-    let mut status = es.status.clone().unwrap_or_default();
-    status.propagated_data_hash = Some(data_hash.to_string());
-    patch_status(ctx, es, namespace, &status).await
+    let patch = serde_json::json!({"status": {"propagatedDataHash": data_hash}});
+    Api::<ExternalSecret>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(
+            &es.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn patch_status(
