@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -35,27 +35,25 @@ trait Workload:
     + DeserializeOwned
     + std::fmt::Debug
 {
-    fn pod_spec(&self) -> Option<&PodSpec>;
-    fn template_annotations(&self) -> Option<&BTreeMap<String, String>>;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+
     /// A paused Deployment would take the new template at its next resume, not now.
     fn paused(&self) -> bool {
         false
     }
-}
 
-impl Workload for Deployment {
     fn pod_spec(&self) -> Option<&PodSpec> {
-        self.spec.as_ref()?.template.spec.as_ref()
+        self.template()?.spec.as_ref()
     }
 
     fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
+        self.template()?.metadata.as_ref()?.annotations.as_ref()
+    }
+}
+
+impl Workload for Deployment {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.as_ref()?.template)
     }
 
     fn paused(&self) -> bool {
@@ -67,34 +65,14 @@ impl Workload for Deployment {
 }
 
 impl Workload for StatefulSet {
-    fn pod_spec(&self) -> Option<&PodSpec> {
-        self.spec.as_ref()?.template.spec.as_ref()
-    }
-
-    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.as_ref()?.template)
     }
 }
 
 impl Workload for DaemonSet {
-    fn pod_spec(&self) -> Option<&PodSpec> {
-        self.spec.as_ref()?.template.spec.as_ref()
-    }
-
-    fn template_annotations(&self) -> Option<&BTreeMap<String, String>> {
-        self.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.as_ref()?.template)
     }
 }
 
