@@ -126,7 +126,7 @@ async fn expiry_guard(
     let seen = renewed.clone();
     let config = crate::controller::watch_config().fields(&format!("metadata.name={name}"));
     let updates = watcher(leases, config)
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .applied_objects()
         .for_each(|lease| {
             if let Ok(lease) = lease {

@@ -87,7 +87,7 @@ async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>, stopping: watch::Re
     // Status writes must not trigger another credentials check.
     let metrics = ctx.metrics.clone();
     let stores = watcher(api, super::watch_config())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(store)) = event {

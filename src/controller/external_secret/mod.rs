@@ -43,7 +43,7 @@ const FINALIZER: &str = "secretsync.io/merged-keys";
 const PERMANENT_RETRY: Duration = Duration::from_secs(300);
 /// A sync that takes longer is abandoned and retried with backoff, so that nothing holds a concurrency slot
 /// forever. Each AWS call has its own, shorter deadline; this bounds a sync's sequence of calls.
-const RECONCILE_DEADLINE: Duration = Duration::from_secs(120);
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// Workload restarts that failed are tried again this often.
 const RESTART_RETRY: Duration = Duration::from_secs(30);
 
@@ -82,7 +82,7 @@ pub async fn run(
         .take()
         .expect("the ExternalSecret controller runs once");
     let external_secrets = watcher(external_secrets, crate::controller::watch_config())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .reflect(writer)
         .inspect(move |event| {
             match event {
@@ -101,7 +101,7 @@ pub async fn run(
         secrets,
         crate::controller::watch_config().labels(&format!("{MANAGED_LABEL}=true")),
     )
-    .default_backoff()
+    .backoff(crate::controller::watch_backoff())
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             let _ = relisted.unbounded_send(());
@@ -109,14 +109,14 @@ pub async fn run(
     })
     .touched_objects();
     let stores = watcher(stores, crate::controller::watch_config())
-        .default_backoff()
+        .backoff(crate::controller::watch_backoff())
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
     let cluster_stores = watcher(
         Api::<ClusterSecretStore>::all(client),
         crate::controller::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::controller::watch_backoff())
     .touched_objects()
     .predicate_filter(predicates::generation, Default::default());
 
