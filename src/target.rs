@@ -254,7 +254,7 @@ async fn release_legacy_fields(api: &Api<Secret>, secret: &Secret, manager: &str
         .filter(|picked| !picked.is_empty())
     };
     let data_keys = keep(&["data"]);
-    let legacy = legacy_scalars(secret);
+    let legacy = manager_scalars(secret, LEGACY_SECRET_MANAGER);
     let ours_scalars = manager_scalars(secret, manager);
     let remaining = Secret {
         metadata: ObjectMeta {
@@ -313,10 +313,6 @@ fn manager_scalars(secret: &Secret, manager: &str) -> Scalars {
         type_: fields.0["f:type"].is_object(),
         immutable: fields.0["f:immutable"].is_object(),
     }
-}
-
-fn legacy_scalars(secret: &Secret) -> Scalars {
-    manager_scalars(secret, LEGACY_SECRET_MANAGER)
 }
 
 /// `deletionPolicy: Merge`: takes the keys, labels and annotations we applied out of the Secret and leaves
