@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::watcher;
+use kube::runtime::watcher;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -124,9 +124,8 @@ async fn expiry_guard(
 ) {
     let renewed = Arc::new(Mutex::new(Instant::now()));
     let seen = renewed.clone();
-    let config = crate::controller::watch_config().fields(&format!("metadata.name={name}"));
-    let updates = watcher(leases, config)
-        .backoff(crate::controller::watch_backoff())
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let updates = crate::controller::watch_stream(leases, config)
         .applied_objects()
         .for_each(|lease| {
             if let Ok(lease) = lease {

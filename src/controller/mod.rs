@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
+use futures::{Stream, StreamExt, future};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -169,21 +172,41 @@ pub async fn run(
     );
 }
 
-/// How every watch lists: from etcd, not from the API server's watch cache. Right after an API server
-/// restart the cache can answer a list with a resourceVersion that its own watch then refuses as too old
-/// (410), and the watcher, listing from the cache again, never gets past it (seen on a restart of the local
-/// stack's kube-apiserver). Lists happen at start and after a watch is lost, so the cost is small.
-pub fn watch_config() -> watcher::Config {
-    watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent)
+/// Every watch: listed from etcd, retried on its own, its errors logged and kept from the controllers.
+///
+/// Lists come from etcd, not from the API server's watch cache: right after an API server restart the cache
+/// can answer a list with a resourceVersion that its own watch then refuses as too old (410), and a watcher
+/// listing from the cache again never gets past it. Lists happen at start and after a watch is lost, so the
+/// cost is small.
+///
+/// Each watch retries after 0.5 s, doubling up to 2.5 s, each with as much again of jitter at most (kube's
+/// default grows to 30 s; a restarted API server answers 410 a few times). Its errors stop here: a `Controller` merges all its watches into one stream and pauses that
+/// whole stream on any error with a backoff of its own (up to 30 s, reset only after 2 min without one), so
+/// one watch failing held back the others' events: after an API server restart, new ExternalSecrets and
+/// deleted Secrets went unseen for minutes.
+pub fn watch_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&Default::default()).into_owned();
+    watcher(api, config.list_semantic(watcher::ListSemantic::MostRecent))
+        .backoff(retry_backoff())
+        .filter(move |event| {
+            if let Err(err) = event {
+                tracing::warn!(kind, error = %err, "watch failed; retrying");
+            }
+            future::ready(event.is_ok())
+        })
 }
 
-/// How every watch retries: from 0.5 s up to 5 s. kube's default grows to 30 s, and after an API server
-/// restart a watch can need several tries (its watch cache answers 410 until it has settled): a minute of
-/// stale caches, measured here. A handful of watches retrying every 5 s costs the API server nothing.
-pub fn watch_backoff() -> impl kube::runtime::utils::Backoff + use<> {
+fn retry_backoff() -> impl kube::runtime::utils::Backoff + use<> {
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_millis(2500))
         .with_jitter()
         .without_max_times();
     kube::runtime::utils::ResetTimerBackoff::new(

@@ -10,7 +10,7 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector;
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -86,8 +86,7 @@ async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>, stopping: watch::Re
     let (reader, writer) = reflector::store();
     // Status writes must not trigger another credentials check.
     let metrics = ctx.metrics.clone();
-    let stores = watcher(api, super::watch_config())
-        .backoff(crate::controller::watch_backoff())
+    let stores = crate::controller::watch_stream(api, watcher::Config::default())
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(store)) = event {

@@ -16,7 +16,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher;
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
@@ -75,48 +75,52 @@ pub async fn run(
         .combine(deleting);
     let forget = ctx.clone();
     let current = reader.clone();
+    // Everything is synced again after a relist: of the owned Secrets, because a relist reports no deletions
+    // and a Secret deleted meanwhile is found only by syncing; of the ExternalSecrets, because it follows a
+    // lost watch (an API server restart), whose syncs failed meanwhile and would otherwise wait out their
+    // backoff (the predicate filter passes no unchanged object).
+    let (relisted, resync) = futures::channel::mpsc::unbounded::<()>();
+    let external_secrets_relisted = relisted.clone();
     let woken = ctx
         .woken
         .lock()
         .expect("never poisoned")
         .take()
         .expect("the ExternalSecret controller runs once");
-    let external_secrets = watcher(external_secrets, crate::controller::watch_config())
-        .backoff(crate::controller::watch_backoff())
-        .reflect(writer)
-        .inspect(move |event| {
-            match event {
-                Ok(watcher::Event::Delete(es)) => forget.forget(es),
-                // A relist replaced the cache: whatever it no longer holds is gone.
-                Ok(watcher::Event::InitDone) => forget.forget_all_but(&current),
-                _ => {}
-            }
-        })
-        .applied_objects()
-        .predicate_filter(changes, Default::default());
-    // Metadata only: secret values never sit in the operator's cache. A relist (after the watch was lost,
-    // an API server restart) reports no deletions: a Secret deleted meanwhile is found by syncing everything.
-    let (relisted, resync) = futures::channel::mpsc::unbounded::<()>();
-    let owned = watcher(
+    let external_secrets =
+        crate::controller::watch_stream(external_secrets, watcher::Config::default())
+            .reflect(writer)
+            .inspect(move |event| {
+                match event {
+                    Ok(watcher::Event::Delete(es)) => forget.forget(es),
+                    // A relist replaced the cache: whatever it no longer holds is gone.
+                    Ok(watcher::Event::InitDone) => {
+                        forget.forget_all_but(&current);
+                        let _ = external_secrets_relisted.unbounded_send(());
+                    }
+                    _ => {}
+                }
+            })
+            .applied_objects()
+            .predicate_filter(changes, Default::default());
+    // Metadata only: secret values never sit in the operator's cache.
+    let owned = crate::controller::watch_stream(
         secrets,
-        crate::controller::watch_config().labels(&format!("{MANAGED_LABEL}=true")),
+        watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
     )
-    .backoff(crate::controller::watch_backoff())
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             let _ = relisted.unbounded_send(());
         }
     })
     .touched_objects();
-    let stores = watcher(stores, crate::controller::watch_config())
-        .backoff(crate::controller::watch_backoff())
+    let stores = crate::controller::watch_stream(stores, watcher::Config::default())
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
-    let cluster_stores = watcher(
+    let cluster_stores = crate::controller::watch_stream(
         Api::<ClusterSecretStore>::all(client),
-        crate::controller::watch_config(),
+        watcher::Config::default(),
     )
-    .backoff(crate::controller::watch_backoff())
     .touched_objects()
     .predicate_filter(predicates::generation, Default::default());
 
