@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{MANIFEST_DIR, Operator, TestContext, wait_for};
+use common::{MANIFEST_DIR, Operator, TestContext, value_external_secret, wait_for};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -156,15 +156,9 @@ async fn the_api_server_stopped_mid_sync_and_restarted_loses_nothing() {
         "spec": {"provider": {"aws": {"service": "SecretsManager", "region": "us-east-1"}}},
     })];
     for i in 0..COUNT {
-        items.push(json!({
-            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
-            "metadata": {"name": format!("es-{i}")},
-            "spec": {
-                "refreshInterval": "1h",
-                "secretStoreRef": {"name": "aws"},
-                "data": [{"secretKey": "value", "remoteRef": {"key": keys[i / 4]}}],
-            },
-        }));
+        let manifest =
+            value_external_secret(&format!("es-{i}"), "aws", "SecretStore", &keys[i / 4], None);
+        items.push(serde_json::from_str(&manifest).unwrap());
     }
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
     plane.kubectl(
@@ -229,11 +223,7 @@ async fn the_api_server_stopped_mid_sync_and_restarted_loses_nothing() {
         .delete("es-0", &DeleteParams::default())
         .await
         .unwrap();
-    let new = json!({
-        "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret", "metadata": {"name": "es-new"},
-        "spec": {"secretStoreRef": {"name": "aws"}, "data": [{"secretKey": "value", "remoteRef": {"key": keys[0]}}]},
-    })
-    .to_string();
+    let new = value_external_secret("es-new", "aws", "SecretStore", &keys[0], None);
     plane.kubectl(
         &["apply", "--server-side", "-n", &t.namespace, "-f", "-"],
         Some(&new),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Operator, TestContext, wait_for};
+use common::{Operator, TestContext, value_external_secret, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::json;
@@ -64,16 +64,14 @@ async fn sigkill_mid_sync_and_mid_rotation_converges_and_restarts_each_workload_
     }
     let mut operator = Operator::start(&t.namespace, &[]);
     for i in 0..COUNT {
-        let manifest = json!({
-            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
-            "metadata": {"name": format!("es-{i}")},
-            "spec": {
-                "refreshInterval": "1h",
-                "secretStoreRef": {"name": "aws"},
-                "data": [{"secretKey": "value", "remoteRef": {"key": keys[i / 4]}}],
-            },
-        });
-        t.apply_yaml(&manifest.to_string()).await;
+        t.apply_yaml(&value_external_secret(
+            &format!("es-{i}"),
+            "aws",
+            "SecretStore",
+            &keys[i / 4],
+            None,
+        ))
+        .await;
     }
 
     // Killed part way through the first sync.
