@@ -99,6 +99,7 @@ async fn main() {
     }
 
     // Time to first full sync: operator start to every Secret written.
+    let calls_before = recorded_calls().len();
     let started = Instant::now();
     let operator = t.start_operator();
     loop {
@@ -112,6 +113,20 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first_sync = started.elapsed();
+    let first_sync_calls: Vec<Call> = recorded_calls().into_iter().skip(calls_before).collect();
+    let first_sync_reads: Vec<&Call> = first_sync_calls
+        .iter()
+        .filter(|call| {
+            matches!(
+                call.action.as_str(),
+                "GetSecretValue" | "BatchGetSecretValue"
+            )
+        })
+        .collect();
+    let first_sync_values: usize = first_sync_reads
+        .iter()
+        .map(|call| call.secret_ids.len())
+        .sum();
     settle(Duration::from_secs(3)).await;
 
     // Quiet hours: what each strategy costs with nothing changing, counted over a window and scaled.
@@ -180,6 +195,12 @@ async fn main() {
         "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s)",
         first_sync.as_secs_f64(),
         n as f64 / first_sync.as_secs_f64()
+    );
+    println!(
+        "AWS calls for it:           {} value calls (R/20 = {:.1}) reading {first_sync_values} secret values, {} calls in all",
+        first_sync_reads.len(),
+        remotes as f64 / 20.0,
+        first_sync_calls.len()
     );
     println!(
         "operator RSS:               peak {:.1} MiB, at the end {:.1} MiB",

@@ -94,7 +94,7 @@ pub async fn check(client: Client, args: CheckArgs) -> Result<bool, BoxError> {
             println!("region: {}", plan.region);
             println!("credentials: {plan}");
             match stores.aws_provider(aws, &plan).await {
-                Ok(aws) => Provider::Aws(aws),
+                Ok(aws) => Provider::Aws(Box::new(aws)),
                 Err(err) => {
                     report("identity", &err);
                     return Ok(false);

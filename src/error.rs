@@ -2,9 +2,12 @@
 //! ESO's condition and event reasons, and says whether retrying soon can help: transient errors back off with
 //! jitter, permanent ones wait for a change.
 
+use std::sync::Arc;
+
 use crate::api::StoreKind;
 
-#[derive(thiserror::Error)]
+// Clone: one failed read can answer several syncs that shared it.
+#[derive(thiserror::Error, Clone)]
 pub enum Error {
     #[error("{kind} {name:?} not found{}", in_namespace(namespace))]
     StoreNotFound {
@@ -109,7 +112,13 @@ pub enum Error {
     SecretTooLarge { name: String, bytes: usize },
 
     #[error("Kubernetes API error: {}", summarize_kube(.0))]
-    Kube(#[from] kube::Error),
+    Kube(#[source] Arc<kube::Error>),
+}
+
+impl From<kube::Error> for Error {
+    fn from(err: kube::Error) -> Self {
+        Error::Kube(Arc::new(err))
+    }
 }
 
 // The same text as Display: kube's own Debug carries the API server's whole answer.
@@ -207,10 +216,12 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Provider { .. } => true,
-            Error::Kube(kube::Error::Api(status)) => {
-                status.code == 429 || status.code >= 500 || status.code == 409
-            }
-            Error::Kube(_) => true,
+            Error::Kube(err) => match err.as_ref() {
+                kube::Error::Api(status) => {
+                    status.code == 429 || status.code >= 500 || status.code == 409
+                }
+                _ => true,
+            },
             _ => false,
         }
     }

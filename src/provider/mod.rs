@@ -98,7 +98,8 @@ pub trait SecretProvider: Send + Sync {
 
 /// The provider a store configures.
 pub enum Provider {
-    Aws(aws::AwsSecretsManager),
+    // Boxed: the AWS clients are large next to the fake provider.
+    Aws(Box<aws::AwsSecretsManager>),
     Fake(fake::FakeProvider),
 }
 

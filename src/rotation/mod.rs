@@ -659,6 +659,7 @@ mod tests {
             Some("app/"),
             IdentityKey::operator("eu-west-1"),
             metrics,
+            Default::default(),
         );
         (watches, woken, provider)
     }

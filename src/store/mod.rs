@@ -20,8 +20,8 @@ use crate::api::{
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
-use crate::provider::aws::AwsSecretsManager;
 use crate::provider::aws::sts::RoleRequest;
+use crate::provider::aws::{AwsSecretsManager, SharedReads};
 use crate::provider::fake::FakeProvider;
 use identity::{Identities, Source};
 pub use identity::{IdentityKey, Plan};
@@ -59,6 +59,7 @@ pub struct Stores {
     aws: SdkConfig,
     metrics: Arc<Metrics>,
     identities: Identities,
+    shared_reads: Arc<SharedReads>,
 }
 
 impl Stores {
@@ -68,6 +69,7 @@ impl Stores {
             aws,
             metrics,
             identities: Identities::default(),
+            shared_reads: Arc::default(),
         }
     }
 
@@ -139,7 +141,9 @@ impl Stores {
         match (&spec.provider.aws, &spec.provider.fake) {
             (Some(aws), None) => {
                 let plan = self.plan(aws, scope).await?;
-                Ok(Provider::Aws(self.aws_provider(aws, &plan).await?))
+                Ok(Provider::Aws(Box::new(
+                    self.aws_provider(aws, &plan).await?,
+                )))
             }
             (None, Some(fake)) => Ok(Provider::Fake(FakeProvider::new(fake))),
             _ => Err(Error::InvalidStoreConfig(
@@ -166,6 +170,7 @@ impl Stores {
             aws.prefix.as_deref(),
             plan.key(),
             self.metrics.clone(),
+            self.shared_reads.clone(),
         ))
     }
 
@@ -322,7 +327,7 @@ impl Stores {
                 {
                     failed(status.message.clone())
                 }
-                other => Error::Kube(other),
+                other => Error::from(other),
             })?;
         response
             .status

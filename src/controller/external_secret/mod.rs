@@ -222,7 +222,7 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action>
     .map_err(|err| match err {
         finalizer::Error::ApplyFailed(err) | finalizer::Error::CleanupFailed(err) => err,
         finalizer::Error::AddFinalizer(err) | finalizer::Error::RemoveFinalizer(err) => {
-            Error::Kube(err)
+            Error::from(err)
         }
         other => Error::InvalidSpec(other.to_string()),
     })
@@ -448,8 +448,15 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let provider = ctx.stores.provider(&store.spec, &store.scope()).await?;
     let check = Watches::check_of(&store.spec)?;
     let read_at = Instant::now();
-    let outcome = match (rotated, &provider, &check) {
-        (Some(_), Provider::Aws(aws), Some(check)) => {
+    // A rotation, or a first sync, takes what the version watch keeps: a first sync of N ExternalSecrets
+    // over R secrets reads each secret once, not N times. What is kept is as current as the watch's last
+    // check, and a rotation since then reaches this ExternalSecret by the next one. Refreshes read in full.
+    let first_sync = es
+        .status
+        .as_ref()
+        .is_none_or(|status| status.refresh_time.is_none());
+    let outcome = match (rotated.is_some() || first_sync, &provider, &check) {
+        (true, Provider::Aws(aws), Some(check)) => {
             let kept = KeptFirst {
                 provider: &provider,
                 kept: ctx.watches.kept(aws, check),
@@ -742,6 +749,7 @@ fn refresh_wait(
     let Some(refresh) = refresh else {
         return Some(None);
     };
+    let refresh = refresh.mul_f64(1.0 - refresh_spread(es));
     let due = last_at?
         .checked_add(SignedDuration::try_from(refresh).ok()?)
         .ok()?;
@@ -749,6 +757,14 @@ fn refresh_wait(
     remaining
         .is_positive()
         .then(|| Some(remaining.unsigned_abs()))
+}
+
+/// How much earlier than its interval an ExternalSecret refreshes: up to a tenth, fixed per object (from its
+/// uid), so that ExternalSecrets synced together do not all refresh together, and none later than promised.
+fn refresh_spread(es: &ExternalSecret) -> f64 {
+    let digest = Sha256::digest(es.uid().unwrap_or_default());
+    let fraction = u16::from_be_bytes([digest[0], digest[1]]) as f64 / f64::from(u16::MAX);
+    fraction / 10.0
 }
 
 /// Changes when the spec, labels or annotations change (as External Secrets Operator computes it).
@@ -789,7 +805,8 @@ mod tests {
     fn periodic_waits_until_due() {
         let es = external_secret("Periodic", true, Some(600));
         let wait = refresh_wait(&es, HOUR, None).unwrap().unwrap();
-        assert!(wait <= Duration::from_secs(3000) && wait > Duration::from_secs(2990));
+        // Due within the last tenth of the hour, never after it.
+        assert!(wait <= Duration::from_secs(3000) && wait > Duration::from_secs(2630));
         assert!(refresh_wait(&external_secret("Periodic", true, Some(4000)), HOUR, None).is_none());
         assert!(refresh_wait(&external_secret("Periodic", false, Some(600)), HOUR, None).is_none());
         assert_eq!(
@@ -797,6 +814,20 @@ mod tests {
             Some(None),
             "refreshInterval 0"
         );
+    }
+
+    #[test]
+    fn refreshes_of_objects_synced_together_are_spread() {
+        let waits: HashSet<u64> = (0..20)
+            .map(|i| {
+                let mut es = external_secret("Periodic", true, Some(0));
+                es.metadata.uid = Some(format!("uid-{i}"));
+                let wait = refresh_wait(&es, HOUR, None).unwrap().unwrap();
+                assert!(wait <= Duration::from_secs(3600) && wait > Duration::from_secs(3230));
+                wait.as_secs()
+            })
+            .collect();
+        assert!(waits.len() > 10, "{waits:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! AWS Secrets Manager, the STS calls that give a store its identity, and the SQS queue that brings Secrets
 //! Manager's events.
 
+mod coalesce;
 mod errors;
 pub mod events;
 pub mod sts;
@@ -24,6 +25,8 @@ use crate::store::IdentityKey;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
 use errors::{classify, classify_code, error_code};
+
+pub use coalesce::SharedReads;
 
 const PROVIDER: &str = "AWS/SecretsManager";
 /// A black-holed connection must not hold a sync forever: each try, and each call with its retries, has a
@@ -66,16 +69,18 @@ pub struct AwsSecretsManager {
     metrics: Arc<Metrics>,
     /// Whose session the clients use: stores that resolve to the same identity share version checks.
     pub identity: IdentityKey,
+    shared_reads: Arc<SharedReads>,
 }
 
 impl AwsSecretsManager {
     /// Clients for one store: `config` carries the store's region and identity; `prefix` is prepended to
-    /// every remote key.
+    /// every remote key; reads of current values go through `shared_reads`.
     pub fn new(
         config: &SdkConfig,
         prefix: Option<&str>,
         identity: IdentityKey,
         metrics: Arc<Metrics>,
+        shared_reads: Arc<SharedReads>,
     ) -> Self {
         AwsSecretsManager {
             secrets: aws_sdk_secretsmanager::Client::new(config),
@@ -84,6 +89,7 @@ impl AwsSecretsManager {
             prefix: prefix.unwrap_or_default().to_string(),
             metrics,
             identity,
+            shared_reads,
         }
     }
 
@@ -170,6 +176,26 @@ impl AwsSecretsManager {
             arn: output.arn().map(str::to_string),
             stages: by_stage(output.version_ids_to_stages()),
         })
+    }
+
+    /// The current values of `keys`, read now: 20 a call, each secret on its own where a policy allows
+    /// GetSecretValue only.
+    async fn read_current(&self, keys: &[String]) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let mut read = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_LIMIT) {
+            match self.batch_chunk(chunk).await {
+                Ok(chunk_read) => read.extend(chunk_read),
+                // A policy written for External Secrets Operator allows GetSecretValue only.
+                Err(Error::AccessDenied { .. }) => {
+                    let current = Version::parse(None);
+                    for key in chunk {
+                        read.push((key.clone(), self.get_secret(key, &current).await));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(read)
     }
 
     /// One chunk of a batched read. A secret the answer does not name is read on its own.
@@ -281,21 +307,7 @@ impl SecretProvider for AwsSecretsManager {
         &self,
         keys: &[String],
     ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
-        let mut read = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(BATCH_LIMIT) {
-            match self.batch_chunk(chunk).await {
-                Ok(chunk_read) => read.extend(chunk_read),
-                // A policy written for External Secrets Operator allows GetSecretValue only.
-                Err(Error::AccessDenied { .. }) => {
-                    let current = Version::parse(None);
-                    for key in chunk {
-                        read.push((key.clone(), self.get_secret(key, &current).await));
-                    }
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(read)
+        self.shared_reads.current(self, keys).await
     }
 
     async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
