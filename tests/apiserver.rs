@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{MANIFEST_DIR, Operator, TestContext, value_external_secret, wait_for};
+use common::{
+    MANIFEST_DIR, Operator, TestContext, numbered_holding, value_external_secret, wait_for,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -85,25 +87,7 @@ async fn synced(client: &kube::Client, namespace: &str) -> (usize, usize) {
     let Ok(secrets) = secrets.list(&Default::default()).await else {
         return (0, 0);
     };
-    let written = secrets
-        .items
-        .iter()
-        .filter(|secret| {
-            let name = secret.metadata.name.as_deref().unwrap_or_default();
-            let Some(i) = name
-                .strip_prefix("es-")
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
-                return false;
-            };
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get("value"))
-                .map(|v| v.0.as_slice())
-                == Some(format!("v1-{}", i / 4).as_bytes())
-        })
-        .count();
+    let written = numbered_holding(&secrets.items, |i| format!("v1-{}", i / 4));
     let external_secrets: Api<ExternalSecret> = Api::namespaced(client.clone(), namespace);
     let ready = external_secrets
         .list(&Default::default())

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Operator, TestContext, value_external_secret, wait_for};
+use common::{Operator, TestContext, numbered_holding, value_external_secret, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::json;
@@ -18,23 +18,7 @@ const DEPLOYMENT_EVERY: usize = 25;
 /// How many Secrets `es-<i>` hold `v<generation>-<i/4>`.
 async fn at_generation(t: &TestContext, generation: u32) -> usize {
     let secrets = t.secrets().list(&Default::default()).await.unwrap();
-    secrets
-        .items
-        .into_iter()
-        .filter(|secret| {
-            let (Some(name), Some(data)) = (&secret.metadata.name, &secret.data) else {
-                return false;
-            };
-            let Some(i) = name
-                .strip_prefix("es-")
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
-                return false;
-            };
-            data.get("value").map(|v| v.0.as_slice())
-                == Some(format!("v{generation}-{}", i / 4).as_bytes())
-        })
-        .count()
+    numbered_holding(&secrets.items, |i| format!("v{generation}-{}", i / 4))
 }
 
 async fn wait_until_at_least(t: &TestContext, generation: u32, count: usize, within: Duration) {

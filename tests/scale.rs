@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestContext, recorded_calls, value_external_secret, wait_for};
+use common::{TestContext, numbered_holding, recorded_calls, value_external_secret, wait_for};
 use serde_json::json;
 
 const SECRETS: usize = 40;
@@ -47,25 +47,7 @@ async fn a_first_sync_reads_each_secret_about_once() {
     let started = Instant::now();
     wait_for("every Secret written", Duration::from_secs(120), || async {
         let secrets = t.secrets().list(&Default::default()).await.unwrap();
-        let written = secrets
-            .items
-            .iter()
-            .filter(|secret| {
-                let name = secret.metadata.name.as_deref().unwrap_or_default();
-                let Some(i) = name
-                    .strip_prefix("es-")
-                    .and_then(|i| i.parse::<usize>().ok())
-                else {
-                    return false;
-                };
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("value"))
-                    .map(|v| v.0.as_slice())
-                    == Some(format!("v1-{}", i % SECRETS).as_bytes())
-            })
-            .count();
+        let written = numbered_holding(&secrets.items, |i| format!("v1-{}", i % SECRETS));
         (written == count).then_some(()).ok_or(written)
     })
     .await;

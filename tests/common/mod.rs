@@ -463,6 +463,31 @@ impl TestContext {
     }
 }
 
+/// How many of `secrets` are named `es-<i>` and hold `expected(i)` under the key `value`: the Secrets of
+/// numbered ExternalSecrets made with `value_external_secret`.
+pub fn numbered_holding(secrets: &[Secret], expected: impl Fn(usize) -> String) -> usize {
+    secrets
+        .iter()
+        .filter(|secret| {
+            let Some(i) = secret
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|name| name.strip_prefix("es-"))
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                return false;
+            };
+            secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get("value"))
+                .map(|value| value.0.as_slice())
+                == Some(expected(i).as_bytes())
+        })
+        .count()
+}
+
 /// An ExternalSecret writing remote `key` (at `version`, if given) to the Secret key `value`, refreshed hourly.
 pub fn value_external_secret(
     name: &str,
