@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use futures::{Stream, StreamExt, future};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::api::ExternalSecret;
+use crate::api::{ClusterSecretStore, ExternalSecret, SecretStore};
 use crate::data_hash::DataHasher;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -31,6 +31,11 @@ use crate::rotation::Watches;
 use crate::store::Stores;
 use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
+
+type StoreCacheWriters = (
+    reflector::store::Writer<SecretStore>,
+    reflector::store::Writer<ClusterSecretStore>,
+);
 
 #[derive(Clone)]
 struct LastSync {
@@ -48,6 +53,14 @@ pub struct Context {
     pub watches: Arc<Watches>,
     /// ExternalSecrets the watches wake; the ExternalSecret controller takes it when it starts.
     woken: Mutex<Option<UnboundedReceiver<ObjectRef<ExternalSecret>>>>,
+    /// The stores ExternalSecrets name, from the ExternalSecret controller's watches of them: a sync
+    /// looks its store up here, not with a request.
+    store_cache: Store<SecretStore>,
+    cluster_store_cache: Store<ClusterSecretStore>,
+    /// Fill those caches; the ExternalSecret controller takes them when it starts.
+    store_cache_writers: Mutex<Option<StoreCacheWriters>>,
+    /// Turns true once both caches have listed.
+    store_caches_ready: watch::Sender<bool>,
     pub hasher: DataHasher,
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
@@ -74,6 +87,8 @@ impl Context {
         let recorder = Recorder::new(client.clone(), reporter);
         let stores = Arc::new(stores);
         let (wake, woken) = unbounded();
+        let (store_cache, store_writer) = reflector::store();
+        let (cluster_store_cache, cluster_store_writer) = reflector::store();
         Context {
             watches: Arc::new(Watches::new(
                 stores.clone(),
@@ -82,6 +97,10 @@ impl Context {
                 wake,
             )),
             woken: Mutex::new(Some(woken)),
+            store_cache,
+            cluster_store_cache,
+            store_cache_writers: Mutex::new(Some((store_writer, cluster_store_writer))),
+            store_caches_ready: watch::Sender::new(false),
             recorder,
             client,
             metrics,

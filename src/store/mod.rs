@@ -14,8 +14,8 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::api::{
-    AwsAuthSecretRef, AwsProvider, ClusterSecretStore, ExternalSecret, SecretKeySelector,
-    SecretStore, SecretStoreSpec, SessionTag, StoreKind,
+    AwsAuthSecretRef, AwsProvider, ClusterSecretStore, SecretKeySelector, SecretStoreSpec,
+    SessionTag, StoreKind,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -70,39 +70,6 @@ impl Stores {
             metrics,
             identities: Identities::default(),
             shared_reads: Arc::default(),
-        }
-    }
-
-    /// The spec and generation of the store an ExternalSecret names. A SecretStore is looked up only in
-    /// the ExternalSecret's own namespace, so a store in another namespace is simply not found; a
-    /// ClusterSecretStore must allow the namespace.
-    pub async fn for_external_secret(
-        &self,
-        es: &ExternalSecret,
-        namespace: &str,
-    ) -> Result<(SecretStoreSpec, Option<i64>)> {
-        let reference = &es.spec.secret_store_ref;
-        let not_found = || Error::StoreNotFound {
-            kind: reference.kind,
-            name: reference.name.clone(),
-            namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
-        };
-        match reference.kind {
-            StoreKind::SecretStore => {
-                Api::<SecretStore>::namespaced(self.client.clone(), namespace)
-                    .get_opt(&reference.name)
-                    .await?
-                    .map(|store| (store.spec, store.metadata.generation))
-                    .ok_or_else(not_found)
-            }
-            StoreKind::ClusterSecretStore => {
-                let store = Api::<ClusterSecretStore>::all(self.client.clone())
-                    .get_opt(&reference.name)
-                    .await?
-                    .ok_or_else(not_found)?;
-                self.check_conditions(&store, namespace).await?;
-                Ok((store.spec.store, store.metadata.generation))
-            }
         }
     }
 

@@ -114,13 +114,33 @@ pub async fn run(
         }
     })
     .touched_objects();
+    let (store_writer, cluster_store_writer) = ctx
+        .store_cache_writers
+        .lock()
+        .expect("never poisoned")
+        .take()
+        .expect("the ExternalSecret controller runs once");
+    // One task waits for the caches and tells every sync: kube's `Store::wait_until_ready` wakes only the
+    // last task that waits on it, so syncs waiting there themselves stayed asleep.
+    let (store_cache, cluster_store_cache) =
+        (ctx.store_cache.clone(), ctx.cluster_store_cache.clone());
+    let caches_ready = ctx.clone();
+    tokio::spawn(async move {
+        if store_cache.wait_until_ready().await.is_ok()
+            && cluster_store_cache.wait_until_ready().await.is_ok()
+        {
+            caches_ready.store_caches_ready.send_replace(true);
+        }
+    });
     let stores = crate::controller::watch_stream(stores, watcher::Config::default())
+        .reflect(store_writer)
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
     let cluster_stores = crate::controller::watch_stream(
         Api::<ClusterSecretStore>::all(client),
         watcher::Config::default(),
     )
+    .reflect(cluster_store_writer)
     .touched_objects()
     .predicate_filter(predicates::generation, Default::default());
 
@@ -617,9 +637,39 @@ fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {
 }
 
 /// The store an ExternalSecret names, checked for its namespace.
+/// The store an ExternalSecret names, from the watch caches. A SecretStore is looked up only in the
+/// ExternalSecret's own namespace, so a store in another namespace is simply not found; a ClusterSecretStore
+/// must allow the namespace. A store that appears later wakes the ExternalSecrets that name it.
 async fn resolve_store(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<StoreHandle> {
     let reference = &es.spec.secret_store_ref;
-    let (spec, generation) = ctx.stores.for_external_secret(es, namespace).await?;
+    let not_found = || Error::StoreNotFound {
+        kind: reference.kind,
+        name: reference.name.clone(),
+        namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
+    };
+    // The caches fill when the controller starts; until they have listed once, absence means nothing.
+    let _ = ctx
+        .store_caches_ready
+        .subscribe()
+        .wait_for(|ready| *ready)
+        .await;
+    let (spec, generation) = match reference.kind {
+        StoreKind::SecretStore => {
+            let store = ctx
+                .store_cache
+                .get(&ObjectRef::new(&reference.name).within(namespace))
+                .ok_or_else(not_found)?;
+            (store.spec.clone(), store.metadata.generation)
+        }
+        StoreKind::ClusterSecretStore => {
+            let store = ctx
+                .cluster_store_cache
+                .get(&ObjectRef::new(&reference.name))
+                .ok_or_else(not_found)?;
+            ctx.stores.check_conditions(&store, namespace).await?;
+            (store.spec.store.clone(), store.metadata.generation)
+        }
+    };
     Ok(StoreHandle {
         generation,
         kind: reference.kind,
