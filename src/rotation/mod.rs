@@ -439,14 +439,24 @@ impl Watches {
                                 .filter(|reader| reader != &es),
                         );
                     }
-                    // Read before the watch learnt of a newer version: older news. The stage stays; this
-                    // reader wrote an old version and is woken to write the newer one.
-                    Some(_) => {
-                        if let Version::Stage(stage) = &read.version
-                            && watched.stages.get(stage) != Some(&read.version_id)
-                        {
-                            wake.push(es.clone());
+                    // Read before the watch last learnt something: older news. A stage the watch knows
+                    // stays; one it knows nothing of yet (what it learnt was about other stages) is taken. A
+                    // reader that wrote an old version is woken to write the newer one. The value of a
+                    // VersionId never changes, so it is kept while a stage points to it.
+                    Some(secret) => {
+                        if let Version::Stage(stage) = &read.version {
+                            let known = watched
+                                .stages
+                                .entry(stage.clone())
+                                .or_insert_with(|| read.version_id.clone());
+                            if *known != read.version_id {
+                                wake.push(es.clone());
+                            }
                         }
+                        watched
+                            .values
+                            .entry(read.version_id.clone())
+                            .or_insert_with(|| Arc::new(secret));
                     }
                     // Known from status only (after a restart): a first guess until a check says more.
                     None => {
