@@ -12,19 +12,19 @@ use serde_json::json;
 const SECRETS: usize = 40;
 const PER_SECRET: usize = 4;
 
-#[tokio::test]
-async fn a_first_sync_reads_each_secret_about_once() {
-    let t = TestContext::new("shared-reads").await;
+/// `SECRETS` remote secrets (`v1-<i>`), a store checking them with ListSecrets every `interval`, and
+/// `PER_SECRET` ExternalSecrets `es-<i>` on each, neighbours reading different secrets. Returns the keys.
+async fn numbered_external_secrets(t: &TestContext, interval: &str) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 0..SECRETS {
         keys.push(t.create_remote(&format!("s{i}"), &format!("v1-{i}")).await);
     }
-    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1m"}))
-        .await;
-    // All exist before the operator starts, so that their first syncs run together; neighbours read
-    // different secrets.
-    let count = SECRETS * PER_SECRET;
-    for i in 0..count {
+    t.store_with_check(
+        "aws",
+        json!({"strategy": "ListSecrets", "interval": interval}),
+    )
+    .await;
+    for i in 0..SECRETS * PER_SECRET {
         t.apply_yaml(&value_external_secret(
             &format!("es-{i}"),
             "aws",
@@ -34,6 +34,15 @@ async fn a_first_sync_reads_each_secret_about_once() {
         ))
         .await;
     }
+    keys
+}
+
+#[tokio::test]
+async fn a_first_sync_reads_each_secret_about_once() {
+    let t = TestContext::new("shared-reads").await;
+    // All exist before the operator starts, so that their first syncs run together.
+    let keys = numbered_external_secrets(&t, "1m").await;
+    let count = SECRETS * PER_SECRET;
     // A key that does not exist, read in the same batches: its error is its ExternalSecret's alone.
     let missing = t.remote_key("missing");
     t.apply_yaml(&value_external_secret(
@@ -127,23 +136,8 @@ async fn reconciles(operator: &common::Operator) -> f64 {
 #[tokio::test]
 async fn a_restart_reads_only_what_changed_meanwhile() {
     let t = TestContext::new("restart-reads").await;
-    let mut keys = Vec::new();
-    for i in 0..SECRETS {
-        keys.push(t.create_remote(&format!("s{i}"), &format!("v1-{i}")).await);
-    }
-    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "2s"}))
-        .await;
+    let keys = numbered_external_secrets(&t, "2s").await;
     let count = SECRETS * PER_SECRET;
-    for i in 0..count {
-        t.apply_yaml(&value_external_secret(
-            &format!("es-{i}"),
-            "aws",
-            "SecretStore",
-            &keys[i % SECRETS],
-            None,
-        ))
-        .await;
-    }
     let mut operator = t.start_operator();
     let written = |expected: fn(usize) -> String| {
         let t = &t;
