@@ -95,7 +95,7 @@ pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) ->
 }
 
 /// The keys read at their current version without naming one, which one batched read can serve.
-fn current_keys(spec: &ExternalSecretSpec) -> Vec<String> {
+pub fn current_keys(spec: &ExternalSecretSpec) -> Vec<String> {
     let references = spec.data.iter().map(|entry| &entry.remote_ref).chain(
         spec.data_from
             .iter()
@@ -198,6 +198,7 @@ impl<P: SecretProvider> Reader<'_, P> {
                     version_id: None,
                     stages: Vec::new(),
                     value: RemoteValue::Text(json),
+                    read_at: None,
                 };
                 self.tags.insert(key.clone(), secret);
             }

@@ -103,16 +103,16 @@ async fn a_first_sync_reads_each_secret_about_once() {
             .all(|call| call.action == "BatchGetSecretValue"),
         "every read is batched"
     );
-    // One read per ExternalSecret would be 160 calls reading 160 values. How full each call gets depends
-    // on how the syncs happen to overlap, so the bounds leave room: at least two secrets a call, and each
-    // secret read about once.
+    // One read per ExternalSecret would be 160 calls reading 160 values. Calls carry the keys of the first
+    // syncs to come, so the 40 secrets take R/20 = 2 full calls; one more is allowed for the missing key,
+    // which may fall into a call of its own, and a tenth more values for syncs that overlap unluckily.
     assert!(
-        reads.len() <= SECRETS / 2,
+        reads.len() <= SECRETS.div_ceil(20) + 1,
         "{} value calls for {SECRETS} secrets",
         reads.len()
     );
     assert!(
-        ids_read <= SECRETS + SECRETS / 2,
+        ids_read <= SECRETS + SECRETS / 10,
         "{ids_read} values read for {SECRETS} secrets"
     );
 }

@@ -79,7 +79,7 @@ pub struct SecretStoreRef {
     pub kind: StoreKind,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum StoreKind {
     #[default]
     SecretStore,

@@ -2,6 +2,7 @@
 
 mod backoff;
 mod external_secret;
+mod first_syncs;
 mod restart;
 mod secret_store;
 
@@ -31,6 +32,7 @@ use crate::rotation::Watches;
 use crate::store::Stores;
 use crate::target::FIELD_MANAGER;
 use backoff::Backoff;
+use first_syncs::FirstSyncs;
 
 type StoreCacheWriters = (
     reflector::store::Writer<SecretStore>,
@@ -53,6 +55,10 @@ pub struct Context {
     pub watches: Arc<Watches>,
     /// ExternalSecrets the watches wake; the ExternalSecret controller takes it when it starts.
     woken: Mutex<Option<UnboundedReceiver<ObjectRef<ExternalSecret>>>>,
+    /// The ExternalSecret controller's cache; it takes the writer when it starts.
+    external_secret_cache_writer: Mutex<Option<reflector::store::Writer<ExternalSecret>>>,
+    /// ExternalSecrets yet to sync, whose keys reads carry ahead.
+    first_syncs: Arc<FirstSyncs>,
     /// The stores ExternalSecrets name, from the ExternalSecret controller's watches of them: a sync
     /// looks its store up here, not with a request.
     store_cache: Store<SecretStore>,
@@ -89,6 +95,7 @@ impl Context {
         let (wake, woken) = unbounded();
         let (store_cache, store_writer) = reflector::store();
         let (cluster_store_cache, cluster_store_writer) = reflector::store();
+        let (external_secret_cache, external_secret_cache_writer) = reflector::store();
         Context {
             watches: Arc::new(Watches::new(
                 stores.clone(),
@@ -97,6 +104,8 @@ impl Context {
                 wake,
             )),
             woken: Mutex::new(Some(woken)),
+            external_secret_cache_writer: Mutex::new(Some(external_secret_cache_writer)),
+            first_syncs: Arc::new(FirstSyncs::new(external_secret_cache)),
             store_cache,
             cluster_store_cache,
             store_cache_writers: Mutex::new(Some((store_writer, cluster_store_writer))),

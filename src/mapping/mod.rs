@@ -279,6 +279,7 @@ mod tests {
             version_id: None,
             stages: Vec::new(),
             value: RemoteValue::Text(value.to_string()),
+            read_at: None,
         }
     }
 
@@ -307,6 +308,7 @@ mod tests {
             version_id: None,
             stages: Vec::new(),
             value: RemoteValue::Binary(vec![0, 159, 255]),
+            read_at: None,
         };
         assert_eq!(read(&binary, None).unwrap(), vec![0, 159, 255]);
     }

@@ -56,6 +56,7 @@ impl SecretProvider for FakeProvider {
             version_id: entry.version.clone(),
             stages: Vec::new(),
             value: RemoteValue::Text(entry.value.clone()),
+            read_at: None,
         })
     }
 

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use std::fmt;
 
+use std::time::Instant;
+
 use crate::error::Result;
 
 /// A remote secret's value, the version it came from and that version's stages (labels) when read.
@@ -16,6 +18,9 @@ pub struct RemoteSecret {
     pub version_id: Option<String>,
     pub stages: Vec<String>,
     pub value: RemoteValue,
+    /// When the read started, if before the sync asked (a value read ahead for a first sync); otherwise
+    /// the read is at least as recent as the sync.
+    pub read_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -167,6 +172,7 @@ mod tests {
             version_id: Some("v1".into()),
             stages: Vec::new(),
             value: RemoteValue::Text("canary-value".into()),
+            read_at: None,
         };
         assert!(!format!("{secret:?}").contains("canary-value"));
     }

@@ -21,7 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::api::{ExternalSecret, SecretStoreSpec, StoreKind, VersionCheck, VersionCheckStrategy};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::provider::aws::AwsSecretsManager;
+use crate::provider::aws::{AwsSecretsManager, ReadAhead};
 use crate::provider::{Provider, RemoteSecret, SecretProvider, Version};
 use crate::store::{IdentityKey, StoreScope, Stores};
 
@@ -192,6 +192,21 @@ pub struct Kept<'a> {
 }
 
 impl Kept<'_> {
+    /// Whether the watch holds the value AWSCURRENT points to.
+    pub fn holds_current(&self, key: &str) -> bool {
+        let state = self.watches.lock();
+        state
+            .groups
+            .get(&self.group)
+            .and_then(|group| group.secrets.get(&format!("{}{key}", self.prefix)))
+            .is_some_and(|watched| {
+                watched
+                    .stages
+                    .get(Version::CURRENT)
+                    .is_some_and(|id| watched.values.contains_key(id))
+            })
+    }
+
     /// The kept value of `key` at `version`, when the watch knows which VersionId that is and holds it.
     pub fn get(&self, key: &str, version: &Version) -> Option<RemoteSecret> {
         let state = self.watches.lock();
@@ -207,6 +222,7 @@ impl Kept<'_> {
         // The stages it had when read may be out of date; the watch's own map is what counts.
         watched.values.get(id).map(|value| RemoteSecret {
             stages: Vec::new(),
+            read_at: None,
             ..(**value).clone()
         })
     }
@@ -593,6 +609,9 @@ pub fn strategy_label(strategy: VersionCheckStrategy) -> &'static str {
 pub struct KeptFirst<'a> {
     pub provider: &'a Provider,
     pub kept: Kept<'a>,
+    /// For a first sync: values read shortly before may serve it, and its reads carry those of the first
+    /// syncs to come.
+    pub upcoming: Option<Arc<dyn ReadAhead>>,
 }
 
 impl SecretProvider for KeptFirst<'_> {
@@ -617,7 +636,13 @@ impl SecretProvider for KeptFirst<'_> {
             }
         }
         if !missing.is_empty() {
-            read.extend(self.provider.get_current_batch(&missing).await?);
+            match (self.provider, &self.upcoming) {
+                (Provider::Aws(aws), Some(upcoming)) => read.extend(
+                    aws.current_for_first_sync(&missing, upcoming.clone())
+                        .await?,
+                ),
+                _ => read.extend(self.provider.get_current_batch(&missing).await?),
+            }
         }
         Ok(read)
     }
@@ -702,6 +727,7 @@ mod tests {
                 version_id: Some(id.into()),
                 stages: stages.iter().map(|s| s.to_string()).collect(),
                 value: RemoteValue::Text(value.into()),
+                read_at: None,
             }),
         }
     }

@@ -15,7 +15,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
@@ -66,7 +66,13 @@ pub async fn run(
             Api::all(client.clone()),
         ),
     };
-    let (reader, writer) = reflector::store();
+    let writer = ctx
+        .external_secret_cache_writer
+        .lock()
+        .expect("never poisoned")
+        .take()
+        .expect("the ExternalSecret controller runs once");
+    let reader = writer.as_reader();
     // Our own status writes must not start another sync: only spec, labels and annotations (force-sync) do.
     let changes = predicates::generation
         .combine(predicates::labels)
@@ -92,10 +98,14 @@ pub async fn run(
             .reflect(writer)
             .inspect(move |event| {
                 match event {
+                    Ok(watcher::Event::Apply(es) | watcher::Event::InitApply(es)) => {
+                        forget.first_syncs.seen(es)
+                    }
                     Ok(watcher::Event::Delete(es)) => forget.forget(es),
                     // A relist replaced the cache: whatever it no longer holds is gone.
                     Ok(watcher::Event::InitDone) => {
                         forget.forget_all_but(&current);
+                        forget.first_syncs.retain_cached();
                         let _ = external_secrets_relisted.unbounded_send(());
                     }
                     _ => {}
@@ -310,6 +320,7 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
             // Only once the status says so: a sync whose status write failed is not done.
             if full_sync {
                 ctx.synced(key(&es), synced_resource_version(&es));
+                ctx.first_syncs.done(&es);
             }
             Ok(requeue(wait))
         }
@@ -363,6 +374,7 @@ impl Context {
         self.forget_propagated(&key(es));
         self.backoff.reset(&key(es));
         self.watches.forget(&ObjectRef::from_obj(es));
+        self.first_syncs.done(es);
     }
 }
 
@@ -480,6 +492,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             let kept = KeptFirst {
                 provider: &provider,
                 kept: ctx.watches.kept(aws, check),
+                upcoming: first_sync.then(|| ctx.first_syncs.after(es, &ctx.watches, aws, check)),
             };
             fetch::fetch(&es.spec, &kept).await?
         }
@@ -518,8 +531,8 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
                 key,
                 version,
                 version_id: secret.version_id.clone()?,
+                at: secret.read_at.unwrap_or(read_at),
                 secret: Some(secret),
-                at: read_at,
             })
         })
         .collect();

@@ -26,7 +26,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
 use errors::{classify, classify_code, error_code};
 
-pub use coalesce::SharedReads;
+pub use coalesce::{ReadAhead, SharedReads};
 
 const PROVIDER: &str = "AWS/SecretsManager";
 /// A black-holed connection must not hold a sync forever: each try, and each call with its retries, has a
@@ -178,9 +178,14 @@ impl AwsSecretsManager {
         })
     }
 
-    /// The current values of `keys`, read now: 20 a call, each secret on its own where a policy allows
-    /// GetSecretValue only.
-    async fn read_current(&self, keys: &[String]) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+    /// The current values of `asked` and of `ahead` (read ahead for first syncs), read now: 20 a call.
+    /// Where a policy allows GetSecretValue only, each asked secret is read on its own and `ahead` is left.
+    async fn read_current(
+        &self,
+        asked: &[String],
+        ahead: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let keys: Vec<String> = asked.iter().chain(ahead).cloned().collect();
         let mut read = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_LIMIT) {
             match self.batch_chunk(chunk).await {
@@ -188,7 +193,7 @@ impl AwsSecretsManager {
                 // A policy written for External Secrets Operator allows GetSecretValue only.
                 Err(Error::AccessDenied { .. }) => {
                     let current = Version::parse(None);
-                    for key in chunk {
+                    for key in chunk.iter().filter(|key| asked.contains(key)) {
                         read.push((key.clone(), self.get_secret(key, &current).await));
                     }
                 }
@@ -196,6 +201,16 @@ impl AwsSecretsManager {
             }
         }
         Ok(read)
+    }
+
+    /// The current values of `keys` for a first sync: values read shortly before count, and the calls
+    /// carry what `upcoming` first syncs will need.
+    pub async fn current_for_first_sync(
+        &self,
+        keys: &[String],
+        upcoming: Arc<dyn ReadAhead>,
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        self.shared_reads.current(self, keys, Some(upcoming)).await
     }
 
     /// One chunk of a batched read. A secret the answer does not name is read on its own.
@@ -260,6 +275,7 @@ fn from_entry(key: &str, entry: &SecretValueEntry) -> Result<RemoteSecret> {
         version_id: entry.version_id.clone(),
         stages: entry.version_stages.clone().unwrap_or_default(),
         value,
+        read_at: None,
     })
 }
 
@@ -300,6 +316,7 @@ impl SecretProvider for AwsSecretsManager {
             version_id: output.version_id,
             stages: output.version_stages.unwrap_or_default(),
             value,
+            read_at: None,
         })
     }
 
@@ -307,7 +324,7 @@ impl SecretProvider for AwsSecretsManager {
         &self,
         keys: &[String],
     ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
-        self.shared_reads.current(self, keys).await
+        self.shared_reads.current(self, keys, None).await
     }
 
     async fn get_tags(&self, key: &str) -> Result<BTreeMap<String, String>> {
