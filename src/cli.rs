@@ -178,11 +178,11 @@ fn convert(file: &std::path::Path) -> Result<(), BoxError> {
 
 async fn run(args: RunArgs) -> Result<(), BoxError> {
     telemetry::init(args.log_format, &args.log_level);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let client = counted(kube_config(args.kubeconfig.as_deref()).await?, &metrics)?;
     ensure_crds_installed(&client, args.namespace.as_deref()).await?;
     ensure_operator_namespace(&client, &args.operator_namespace).await?;
 
-    let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(server::serve(
         args.metrics_address,
@@ -290,6 +290,23 @@ fn default_identity() -> String {
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, BoxError> {
+    Ok(Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// A client that counts its requests in `secretsync_kube_api_requests_total`.
+fn counted(config: Config, metrics: &Arc<Metrics>) -> Result<Client, BoxError> {
+    let metrics = metrics.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            metrics.kube_request(request.method(), request.uri());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
+async fn kube_config(kubeconfig: Option<&std::path::Path>) -> Result<Config, BoxError> {
     let config = match kubeconfig {
         Some(path) => {
             Config::from_custom_kubeconfig(
@@ -300,7 +317,7 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Box
         }
         None => Config::infer().await?,
     };
-    Ok(Client::try_from(config)?)
+    Ok(config)
 }
 
 /// The hash key and the leader Lease live in the operator's own namespace: say how to make it, rather than

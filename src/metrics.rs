@@ -28,6 +28,7 @@ pub struct Metrics {
     remote_secrets_watched: IntGaugeVec,
     propagation: HistogramVec,
     restarts: IntCounterVec,
+    kube_requests: IntCounterVec,
     leader: IntGauge,
 }
 
@@ -147,6 +148,11 @@ impl Default for Metrics {
                 "Workload rolling restarts triggered by a Secret change, by kind and outcome",
                 &["kind", "outcome"],
             ),
+            kube_requests: counter(
+                "secretsync_kube_api_requests_total",
+                "Requests to the Kubernetes API server by verb (watch counts each watch started) and resource",
+                &["verb", "resource"],
+            ),
             reconcile_duration,
             propagation,
             registry,
@@ -164,6 +170,14 @@ impl Drop for InFlight {
 }
 
 impl Metrics {
+    /// Counts a request to the Kubernetes API server.
+    pub fn kube_request(&self, method: &http::Method, uri: &http::Uri) {
+        let (verb, resource) = kube_request_kind(method, uri);
+        self.kube_requests
+            .with_label_values(&[verb, &resource])
+            .inc();
+    }
+
     pub fn sync(&self, namespace: &str, name: &str, ok: bool) {
         self.sync_calls.with_label_values(&[name, namespace]).inc();
         if !ok {
@@ -342,6 +356,50 @@ impl Metrics {
     }
 }
 
+/// The verb and resource of an API server request, from its method and path: `/api/v1/namespaces/ns/secrets/x`
+/// is a `get` of `secrets`, `.../externalsecrets/x/status` a `patch` of `externalsecrets/status`.
+fn kube_request_kind(method: &http::Method, uri: &http::Uri) -> (&'static str, String) {
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    };
+    let rest = match rest {
+        Some(rest) if rest.len() >= 3 && rest[0] == "namespaces" => &rest[2..],
+        Some(rest) if !rest.is_empty() => rest,
+        _ => return (method_verb(method, false), "discovery".to_string()),
+    };
+    let resource = match rest.get(2) {
+        Some(subresource) => format!("{}/{subresource}", rest[0]),
+        None => rest[0].to_string(),
+    };
+    let named = rest.len() > 1;
+    let watch = uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    });
+    let verb = if watch {
+        "watch"
+    } else {
+        method_verb(method, named)
+    };
+    (verb, resource)
+}
+
+fn method_verb(method: &http::Method, named: bool) -> &'static str {
+    match *method {
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +449,54 @@ mod tests {
         assert!(text.contains(
             r#"externalsecret_provider_api_calls_count{call="GetSecretValue",provider="AWS/SecretsManager",status="error"} 1"#
         ), "{text}");
+    }
+
+    #[test]
+    fn kube_requests_are_named_by_verb_and_resource() {
+        let kind = |method: http::Method, uri: &str| {
+            let (verb, resource) = kube_request_kind(&method, &uri.parse().unwrap());
+            format!("{verb} {resource}")
+        };
+        assert_eq!(
+            kind(http::Method::GET, "/api/v1/namespaces/a/secrets/s"),
+            "get secrets"
+        );
+        assert_eq!(
+            kind(
+                http::Method::GET,
+                "/api/v1/namespaces/a/secrets?labelSelector=x"
+            ),
+            "list secrets"
+        );
+        assert_eq!(
+            kind(
+                http::Method::GET,
+                "/apis/secretsync.io/v1alpha1/externalsecrets?watch=true&resourceVersion=1"
+            ),
+            "watch externalsecrets"
+        );
+        assert_eq!(
+            kind(
+                http::Method::PATCH,
+                "/apis/secretsync.io/v1alpha1/namespaces/a/externalsecrets/e/status"
+            ),
+            "patch externalsecrets/status"
+        );
+        assert_eq!(
+            kind(http::Method::GET, "/api/v1/namespaces/a"),
+            "get namespaces"
+        );
+        assert_eq!(
+            kind(http::Method::GET, "/api/v1/namespaces"),
+            "list namespaces"
+        );
+        assert_eq!(
+            kind(
+                http::Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/a/leases/l"
+            ),
+            "update leases"
+        );
+        assert_eq!(kind(http::Method::GET, "/apis"), "list discovery");
     }
 }

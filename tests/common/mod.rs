@@ -773,6 +773,32 @@ impl Operator {
         }
     }
 
+    /// Its requests to the API server so far, by "verb resource", leaving out watches and the leader lease
+    /// (what a quiet operator may hold).
+    pub async fn api_requests(&self) -> HashMap<String, f64> {
+        let (_, metrics) = self.http_get("/metrics").await.unwrap_or_default();
+        metrics
+            .lines()
+            .filter_map(|line| {
+                let labels = line.strip_prefix("secretsync_kube_api_requests_total{")?;
+                let (labels, count) = labels.split_once("} ")?;
+                let label = |name: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                        .map(|value| value.trim_end_matches('"').to_string())
+                };
+                let (verb, resource) = (label("verb")?, label("resource")?);
+                (verb != "watch" && resource != "leases").then(|| {
+                    (
+                        format!("{verb} {resource}"),
+                        count.trim().parse().unwrap_or(0.0),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// GET a path of the operator's HTTP server: (status code, body).
     pub async fn http_get(&self, path: &str) -> Result<(u16, String), String> {
         let output = tokio::process::Command::new("curl")
@@ -886,3 +912,20 @@ where
 }
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What was asked between two counts of `Operator::api_requests`, without the kinds asked for nothing.
+pub fn requests_between(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(kind, count)| {
+            (
+                kind.clone(),
+                count - before.get(kind).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, asked)| *asked > 0.0)
+        .collect()
+}
