@@ -112,17 +112,40 @@ pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) ->
             == Some(&our_data_hash(existing, es, hasher))
 }
 
-/// Writes the Secret with server-side apply under our field manager. `Owner` and `Orphan` write the whole
-/// Secret (`Owner` with a controller reference, so Kubernetes deletes it with the ExternalSecret); `Merge`
-/// writes only our keys, labels and annotations into someone else's Secret. `before` is the Secret as read
-/// just before.
-pub async fn write(
-    api: &Api<Secret>,
+/// The Secret an ExternalSecret writes, ready to apply.
+pub struct Desired {
+    secret: Secret,
+    /// Keyed hash of the whole object (labels, annotations, type, owner, data): equal digests, equal applies.
+    digest: String,
+    /// Keyed hash of its data, as `our_data_hash` reads it back once applied.
+    data_hash: String,
+}
+
+impl Desired {
+    /// Whether applying it again over what `applied` left would change nothing.
+    pub fn same_as(&self, applied: &Applied) -> bool {
+        self.digest == applied.digest
+    }
+}
+
+/// What our last apply left in a Secret, and the resourceVersion that came back: while the Secret is still
+/// at that version it holds exactly that, so a sync need neither read it nor apply the same again.
+#[derive(Clone)]
+pub struct Applied {
+    pub resource_version: String,
+    digest: String,
+    /// Keyed hash of our keys' data (see `our_data_hash`).
+    pub data_hash: String,
+}
+
+/// The Secret to apply for the rendered data, `None` with `creationPolicy: None` (nothing is written).
+/// `Owner` and `Orphan` write the whole Secret (`Owner` with a controller reference, so Kubernetes deletes it
+/// with the ExternalSecret); `Merge` writes only our keys, labels and annotations into someone else's Secret.
+pub fn desired(
     es: &ExternalSecret,
     rendered: Rendered,
     hasher: &DataHasher,
-    before: Option<&Secret>,
-) -> Result<Written> {
+) -> Result<Option<Desired>> {
     let data: BTreeMap<String, ByteString> = rendered
         .data
         .into_iter()
@@ -138,9 +161,9 @@ pub async fn write(
             bytes,
         });
     }
-    let target = &es.spec.target;
-    let secret = match target.creation_policy {
-        CreationPolicy::None => return Ok(Written::Unchanged),
+    let data_hash = hasher.hash(&data);
+    let secret = match es.spec.target.creation_policy {
+        CreationPolicy::None => return Ok(None),
         CreationPolicy::Merge => Secret {
             metadata: ObjectMeta {
                 name: Some(es.target_name().to_string()),
@@ -151,25 +174,49 @@ pub async fn write(
             data: Some(data),
             ..Default::default()
         },
-        CreationPolicy::Owner | CreationPolicy::Orphan => {
-            let hash = hasher.hash(&data);
-            if let Some(before) = before
-                && before.immutable == Some(true)
-                && before.annotations().get(DATA_HASH_ANNOTATION) != Some(&hash)
-            {
-                return Err(Error::ImmutableSecret(before.name_any()));
-            }
-            owned_secret(
-                es,
-                rendered.type_,
-                rendered.labels,
-                rendered.annotations,
-                data,
-                hash,
-            )
-        }
+        CreationPolicy::Owner | CreationPolicy::Orphan => owned_secret(
+            es,
+            rendered.type_,
+            rendered.labels,
+            rendered.annotations,
+            data,
+            data_hash.clone(),
+        ),
     };
-    apply(api, es, &secret, before).await
+    let serialized = serde_json::to_vec(&secret).expect("a Secret serializes");
+    let digest = hasher.hash(&BTreeMap::from([(
+        "secret".to_string(),
+        ByteString(serialized),
+    )]));
+    Ok(Some(Desired {
+        secret,
+        digest,
+        data_hash,
+    }))
+}
+
+/// Applies the Secret with server-side apply under our field manager. `before` is the Secret as read just
+/// before.
+pub async fn write(
+    api: &Api<Secret>,
+    es: &ExternalSecret,
+    desired: Desired,
+    before: Option<&Secret>,
+) -> Result<(Written, Applied)> {
+    if let Some(before) = before
+        && es.spec.target.creation_policy != CreationPolicy::Merge
+        && before.immutable == Some(true)
+        && before.annotations().get(DATA_HASH_ANNOTATION) != Some(&desired.data_hash)
+    {
+        return Err(Error::ImmutableSecret(before.name_any()));
+    }
+    let (written, after) = apply(api, es, &desired.secret, before).await?;
+    let applied = Applied {
+        resource_version: after.resource_version().unwrap_or_default(),
+        digest: desired.digest,
+        data_hash: desired.data_hash,
+    };
+    Ok((written, applied))
 }
 
 fn owned_secret(
@@ -207,7 +254,7 @@ async fn apply(
     es: &ExternalSecret,
     secret: &Secret,
     before: Option<&Secret>,
-) -> Result<Written> {
+) -> Result<(Written, Secret)> {
     // Force: fields another manager set on our keys (a hand edit) are taken back.
     let params = PatchParams::apply(&field_manager(es)).force();
     let after = api
@@ -221,17 +268,18 @@ async fn apply(
         },
         Some(_) => Written::Unchanged,
     };
-    release_legacy_fields(api, &after, &field_manager(es)).await?;
-    Ok(written)
+    let after = release_legacy_fields(api, after, &field_manager(es)).await?;
+    Ok((written, after))
 }
 
 /// Takes over from the manager that every ExternalSecret shared before: what `manager` now owns is dropped
 /// from the legacy entry, and the rest (another ExternalSecret's keys, not yet written under its own manager)
 /// is applied again as it is, so that no key is lost. Once every writer has synced, the entry is gone.
-async fn release_legacy_fields(api: &Api<Secret>, secret: &Secret, manager: &str) -> Result<()> {
-    if managed_entry(secret, LEGACY_SECRET_MANAGER).is_none() {
-        return Ok(());
+async fn release_legacy_fields(api: &Api<Secret>, secret: Secret, manager: &str) -> Result<Secret> {
+    if managed_entry(&secret, LEGACY_SECRET_MANAGER).is_none() {
+        return Ok(secret);
     }
+    let secret = &secret;
     let ours: BTreeSet<(Vec<&str>, String)> = applied_fields(secret, manager).into_iter().collect();
     let keep = |section: &[&str]| -> BTreeSet<String> {
         applied_fields(secret, LEGACY_SECRET_MANAGER)
@@ -291,9 +339,9 @@ async fn release_legacy_fields(api: &Api<Secret>, secret: &Secret, manager: &str
         ..Default::default()
     };
     let params = PatchParams::apply(LEGACY_SECRET_MANAGER).force();
-    api.patch(&secret.name_any(), &params, &Patch::Apply(&remaining))
-        .await?;
-    Ok(())
+    Ok(api
+        .patch(&secret.name_any(), &params, &Patch::Apply(&remaining))
+        .await?)
 }
 
 /// Which of the Secret's single fields a manager's apply entry holds.

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestContext, numbered_holding, recorded_calls, value_external_secret, wait_for};
+use common::{
+    TestContext, numbered_holding, recorded_calls, requests_between, value_external_secret,
+    wait_for,
+};
 use serde_json::json;
 
 const SECRETS: usize = 40;
@@ -207,4 +210,55 @@ async fn a_restart_reads_only_what_changed_meanwhile() {
         "only the rotated secret is read again: {values:?}"
     );
     assert!(!values.is_empty(), "the rotated secret is read");
+}
+
+#[tokio::test]
+async fn a_refresh_that_changes_nothing_asks_the_api_server_nothing() {
+    let t = TestContext::new("quiet-refresh").await;
+    let key = t.create_remote("s", "v1").await;
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "1m"}))
+        .await;
+    const COUNT: usize = 5;
+    for i in 0..COUNT {
+        let mut es: serde_json::Value = serde_json::from_str(&value_external_secret(
+            &format!("es-{i}"),
+            "aws",
+            "SecretStore",
+            &key,
+            None,
+        ))
+        .unwrap();
+        es["spec"]["refreshInterval"] = json!("2s");
+        t.apply_yaml(&es.to_string()).await;
+    }
+    let operator = t.start_operator();
+    wait_for("every Secret written", Duration::from_secs(60), || async {
+        let secrets = t.secrets().list(&Default::default()).await.unwrap();
+        let written = numbered_holding(&secrets.items, |_| "v1".to_string());
+        (written == COUNT).then_some(()).ok_or(written)
+    })
+    .await;
+    // Past the first syncs' status writes and events.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (requests_before, reconciles_before, calls_before) = (
+        operator.api_requests().await,
+        reconciles(&operator).await,
+        recorded_calls().len(),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let asked = requests_between(&requests_before, &operator.api_requests().await);
+    let refreshes = reconciles(&operator).await - reconciles_before;
+    let value_calls = recorded_calls()
+        .into_iter()
+        .skip(calls_before)
+        .filter(|call| call.reads(&key))
+        .count();
+    println!(
+        "{COUNT} ExternalSecrets refreshing every 2s, over 10s: {refreshes} reconciles, {value_calls} value calls, API server requests {asked:?}"
+    );
+    assert!(
+        refreshes >= COUNT as f64 * 3.0 && value_calls > 0,
+        "the refreshes ran: {refreshes} reconciles, {value_calls} value calls"
+    );
+    assert!(asked.is_empty(), "API server requests: {asked:?}");
 }

@@ -18,8 +18,9 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -30,7 +31,7 @@ use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::rotation::Watches;
 use crate::store::Stores;
-use crate::target::FIELD_MANAGER;
+use crate::target::{Applied, FIELD_MANAGER};
 use backoff::Backoff;
 use first_syncs::FirstSyncs;
 
@@ -59,6 +60,14 @@ pub struct Context {
     external_secret_cache_writer: Mutex<Option<reflector::store::Writer<ExternalSecret>>>,
     /// ExternalSecrets yet to sync, whose keys reads carry ahead.
     first_syncs: Arc<FirstSyncs>,
+    /// The metadata of the Secrets we manage, from the ExternalSecret controller's watch of them (which
+    /// takes the writer when it starts): a sync compares resourceVersions instead of reading its Secret.
+    owned_secrets: Store<PartialObjectMeta<Secret>>,
+    owned_secrets_writer: Mutex<Option<reflector::store::Writer<PartialObjectMeta<Secret>>>>,
+    /// When this process started.
+    started: Timestamp,
+    /// What this process last applied to each ExternalSecret's Secret.
+    applied: Mutex<HashMap<String, Applied>>,
     /// The stores ExternalSecrets name, from the ExternalSecret controller's watches of them: a sync
     /// looks its store up here, not with a request.
     store_cache: Store<SecretStore>,
@@ -96,6 +105,7 @@ impl Context {
         let (store_cache, store_writer) = reflector::store();
         let (cluster_store_cache, cluster_store_writer) = reflector::store();
         let (external_secret_cache, external_secret_cache_writer) = reflector::store();
+        let (owned_secrets, owned_secrets_writer) = reflector::store();
         Context {
             watches: Arc::new(Watches::new(
                 stores.clone(),
@@ -106,6 +116,10 @@ impl Context {
             woken: Mutex::new(Some(woken)),
             external_secret_cache_writer: Mutex::new(Some(external_secret_cache_writer)),
             first_syncs: Arc::new(FirstSyncs::new(external_secret_cache)),
+            owned_secrets,
+            owned_secrets_writer: Mutex::new(Some(owned_secrets_writer)),
+            applied: Mutex::default(),
+            started: Timestamp::now(),
             store_cache,
             cluster_store_cache,
             store_cache_writers: Mutex::new(Some((store_writer, cluster_store_writer))),
@@ -164,6 +178,33 @@ impl Context {
         self.propagated.lock().expect("never poisoned").remove(key);
     }
 
+    fn set_applied(&self, key: String, applied: Applied) {
+        self.applied
+            .lock()
+            .expect("never poisoned")
+            .insert(key, applied);
+    }
+
+    fn forget_applied(&self, key: &str) {
+        self.applied.lock().expect("never poisoned").remove(key);
+    }
+
+    /// What our last apply left in the Secret `namespace/name`, if the watch still sees it at the version
+    /// that apply returned: then it holds exactly that.
+    fn unchanged_since_applied(&self, key: &str, namespace: &str, name: &str) -> Option<Applied> {
+        let applied = self
+            .applied
+            .lock()
+            .expect("never poisoned")
+            .get(key)?
+            .clone();
+        let seen = self
+            .owned_secrets
+            .get(&ObjectRef::new(name).within(namespace))?;
+        (seen.resource_version().as_deref() == Some(applied.resource_version.as_str()))
+            .then_some(applied)
+    }
+
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist
     /// can miss a deletion, and nothing may grow with objects that are gone.
     fn retain(&self, live: impl Fn(&str) -> bool) {
@@ -172,6 +213,10 @@ impl Context {
             .expect("never poisoned")
             .retain(|key, _| live(key));
         self.propagated
+            .lock()
+            .expect("never poisoned")
+            .retain(|key, _| live(key));
+        self.applied
             .lock()
             .expect("never poisoned")
             .retain(|key, _| live(key));

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{self, Outcome};
 use crate::provider::{Provider, Version};
 use crate::rotation::{Detection, KeptFirst, Read, StoreHandle, Watches};
-use crate::target::{self, MANAGED_LABEL, Written};
+use crate::target::{self, Applied, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
 use tokio::sync::watch;
 
@@ -113,11 +113,19 @@ pub async fn run(
             })
             .applied_objects()
             .predicate_filter(changes, Default::default());
+    let owned_secrets_writer = ctx
+        .owned_secrets_writer
+        .lock()
+        .expect("never poisoned")
+        .take()
+        .expect("the ExternalSecret controller runs once");
     // Metadata only: secret values never sit in the operator's cache.
     let owned = crate::controller::watch_stream(
         secrets,
         watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
     )
+    .modify(|secret| secret.metadata.managed_fields = None)
+    .reflect(owned_secrets_writer)
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             let _ = relisted.unbounded_send(());
@@ -372,6 +380,7 @@ impl Context {
             .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
         self.forget_sync(&key(es));
         self.forget_propagated(&key(es));
+        self.forget_applied(&key(es));
         self.backoff.reset(&key(es));
         self.watches.forget(&ObjectRef::from_obj(es));
         self.first_syncs.done(es);
@@ -422,18 +431,23 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         ))
     })?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = secrets.get_opt(es.target_name()).await?;
+    // Read only when it may have changed since our last apply: a quiet refresh asks the API server nothing.
+    let existing = match ctx.unchanged_since_applied(&key(es), namespace, es.target_name()) {
+        Some(applied) => Target::AsApplied(applied),
+        None => Target::Read(secrets.get_opt(es.target_name()).await?.map(Box::new)),
+    };
     let creation = es.spec.target.creation_policy;
     let intact = match (creation, &existing) {
-        (CreationPolicy::Owner | CreationPolicy::Orphan, Some(existing)) => {
+        (_, Target::AsApplied(_)) => true,
+        (CreationPolicy::Owner | CreationPolicy::Orphan, Target::Read(Some(existing))) => {
             target::ensure_owned(existing, es)?;
             target::is_intact(existing, es, &ctx.hasher)
         }
-        (CreationPolicy::Owner | CreationPolicy::Orphan, None) => false,
+        (CreationPolicy::Owner | CreationPolicy::Orphan, Target::Read(None)) => false,
         // Someone else's Secret: its content is theirs to change, so only the refresh schedule counts.
-        (CreationPolicy::Merge | CreationPolicy::None, _) => true,
+        (CreationPolicy::Merge | CreationPolicy::None, Target::Read(_)) => true,
     };
-    if creation == CreationPolicy::Merge && existing.is_none() {
+    if creation == CreationPolicy::Merge && matches!(existing, Target::Read(None)) {
         return Err(Error::SecretMissing(es.target_name().to_string()));
     }
     // This process's own record first: the cached status can lag behind our last status write.
@@ -445,25 +459,32 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     // Restarts still owed for data written before (they failed, or the operator stopped in between): the
     // Secret holds our data, and it is not what the workloads were last restarted for.
     let mut restarts_owed = false;
-    if let (Some(existing), Some(previous), true) = (&existing, &propagated, intact)
+    let current = match &existing {
+        Target::AsApplied(applied) => Some(applied.data_hash.clone()),
+        Target::Read(existing) => existing
+            .as_ref()
+            .map(|existing| target::our_data_hash(existing, es, &ctx.hasher)),
+    };
+    if let (Some(current), Some(previous), true) = (current, &propagated, intact)
         && creation != CreationPolicy::None
+        && &current != previous
     {
-        let current = target::our_data_hash(existing, es, &ctx.hasher);
-        if &current != previous {
-            if restart_workloads(es, ctx, namespace, &current, &[]).await {
-                record_propagated(es, ctx, namespace, &current).await?;
-                ctx.set_propagated(key(es), current.clone());
-                propagated = Some(current);
-            } else {
-                restarts_owed = true;
-            }
+        if restart_workloads(es, ctx, namespace, &current, &[]).await {
+            record_propagated(es, ctx, namespace, &current).await?;
+            ctx.set_propagated(key(es), current.clone());
+            propagated = Some(current);
+        } else {
+            restarts_owed = true;
         }
     }
     let es_ref = ObjectRef::from_obj(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
     let mut rotated = None;
     let store = resolve_store(es, ctx, namespace).await?;
-    if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es))) {
+    let resumed = (Watches::check_of(&store.spec).ok().flatten().is_some()
+        && fetch::versioned_only(&es.spec))
+    .then_some(ctx.started);
+    if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es)), resumed) {
         let registered = ctx.watches.registered_store(&es_ref);
         if registered.is_none() {
             watch_from_status(es, ctx, &store).await;
@@ -501,6 +522,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let fetched = match outcome {
         Outcome::Fetched(fetched) => fetched,
         Outcome::Gone(error) => {
+            let existing = existing.read(&secrets, es).await?;
             let cleanup = clean_up(es, ctx, &secrets, existing.as_ref()).await?;
             ctx.forget_sync(&key(es));
             return Ok(Synced::Gone { cleanup, error });
@@ -538,7 +560,18 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         .collect();
     let rendered = render(es, ctx, namespace, fetched.data).await?;
     let data_hash = target::rendered_hash(&ctx.hasher, &rendered);
-    let written = target::write(&secrets, es, rendered, &ctx.hasher, existing.as_ref()).await?;
+    let written = match (target::desired(es, rendered, &ctx.hasher)?, existing) {
+        (None, _) => Written::Unchanged,
+        (Some(desired), Target::AsApplied(applied)) if desired.same_as(&applied) => {
+            Written::Unchanged
+        }
+        (Some(desired), existing) => {
+            let before = existing.read(&secrets, es).await?;
+            let (written, applied) = target::write(&secrets, es, desired, before.as_ref()).await?;
+            ctx.set_applied(key(es), applied);
+            written
+        }
+    };
     match (&provider, check) {
         (Provider::Aws(aws), Some(check)) => {
             ctx.watches
@@ -568,6 +601,24 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         wait: owed_soon(wait, restarts_owed),
         full_sync: rotated.is_none(),
     })
+}
+
+/// The target Secret as a sync knows it.
+enum Target {
+    /// Still at the resourceVersion our last apply returned: it holds what we applied.
+    AsApplied(Applied),
+    /// As just read; `None` when there is none.
+    Read(Option<Box<Secret>>),
+}
+
+impl Target {
+    /// The Secret itself, read now if only its version was known.
+    async fn read(self, secrets: &Api<Secret>, es: &ExternalSecret) -> Result<Option<Secret>> {
+        match self {
+            Target::AsApplied(_) => Ok(secrets.get_opt(es.target_name()).await?),
+            Target::Read(existing) => Ok(existing.map(|existing| *existing)),
+        }
+    }
 }
 
 /// Restarts that failed are tried again soon, whatever the refresh schedule.
@@ -786,12 +837,18 @@ async fn render(
 /// `Some(wait)` while the last sync is still good: it succeeded, for the current spec, labels and
 /// annotations, and (for `Periodic`) is not yet due. This process's own record of it comes first; after a
 /// restart, the status.
+///
+/// `resumed` is when this process started, for an ExternalSecret whose every read a version check covers: a
+/// refresh that fell due while no process ran is spread over one interval from then, not fired at once with
+/// every other, since that check finds whatever changed meanwhile.
 fn refresh_wait(
     es: &ExternalSecret,
     refresh: Option<Duration>,
     last: Option<LastSync>,
+    resumed: Option<Timestamp>,
 ) -> Option<Option<Duration>> {
     let current = synced_resource_version(es);
+    let resumed = resumed.filter(|_| last.is_none());
     let (unchanged, last_at) = match last {
         Some(last) => (last.synced_resource_version == current, Some(last.at)),
         None => {
@@ -812,10 +869,15 @@ fn refresh_wait(
     let Some(refresh) = refresh else {
         return Some(None);
     };
-    let refresh = refresh.mul_f64(1.0 - refresh_spread(es));
     let due = last_at?
-        .checked_add(SignedDuration::try_from(refresh).ok()?)
+        .checked_add(SignedDuration::try_from(refresh.mul_f64(1.0 - refresh_spread(es))).ok()?)
         .ok()?;
+    let due = match resumed {
+        Some(resumed) if due < resumed => resumed
+            .checked_add(SignedDuration::try_from(refresh.mul_f64(resume_spread(es))).ok()?)
+            .ok()?,
+        _ => due,
+    };
     let remaining = Timestamp::now().duration_until(due);
     remaining
         .is_positive()
@@ -825,9 +887,18 @@ fn refresh_wait(
 /// How much earlier than its interval an ExternalSecret refreshes: up to a tenth, fixed per object (from its
 /// uid), so that ExternalSecrets synced together do not all refresh together, and none later than promised.
 fn refresh_spread(es: &ExternalSecret) -> f64 {
+    uid_fraction(es, 0) / 10.0
+}
+
+/// Where in the interval after a restart an overdue refresh falls, fixed per object.
+fn resume_spread(es: &ExternalSecret) -> f64 {
+    uid_fraction(es, 2)
+}
+
+/// A fraction in [0, 1] fixed per object: two bytes of its uid's digest from `at`.
+fn uid_fraction(es: &ExternalSecret, at: usize) -> f64 {
     let digest = Sha256::digest(es.uid().unwrap_or_default());
-    let fraction = u16::from_be_bytes([digest[0], digest[1]]) as f64 / f64::from(u16::MAX);
-    fraction / 10.0
+    u16::from_be_bytes([digest[at], digest[at + 1]]) as f64 / f64::from(u16::MAX)
 }
 
 /// Changes when the spec, labels or annotations change (as External Secrets Operator computes it).
@@ -867,13 +938,29 @@ mod tests {
     #[test]
     fn periodic_waits_until_due() {
         let es = external_secret("Periodic", true, Some(600));
-        let wait = refresh_wait(&es, HOUR, None).unwrap().unwrap();
+        let wait = refresh_wait(&es, HOUR, None, None).unwrap().unwrap();
         // Due within the last tenth of the hour, never after it.
         assert!(wait <= Duration::from_secs(3000) && wait > Duration::from_secs(2630));
-        assert!(refresh_wait(&external_secret("Periodic", true, Some(4000)), HOUR, None).is_none());
-        assert!(refresh_wait(&external_secret("Periodic", false, Some(600)), HOUR, None).is_none());
+        assert!(
+            refresh_wait(
+                &external_secret("Periodic", true, Some(4000)),
+                HOUR,
+                None,
+                None
+            )
+            .is_none()
+        );
+        assert!(
+            refresh_wait(
+                &external_secret("Periodic", false, Some(600)),
+                HOUR,
+                None,
+                None
+            )
+            .is_none()
+        );
         assert_eq!(
-            refresh_wait(&es, None, None),
+            refresh_wait(&es, None, None, None),
             Some(None),
             "refreshInterval 0"
         );
@@ -885,7 +972,7 @@ mod tests {
             .map(|i| {
                 let mut es = external_secret("Periodic", true, Some(0));
                 es.metadata.uid = Some(format!("uid-{i}"));
-                let wait = refresh_wait(&es, HOUR, None).unwrap().unwrap();
+                let wait = refresh_wait(&es, HOUR, None, None).unwrap().unwrap();
                 assert!(wait <= Duration::from_secs(3600) && wait > Duration::from_secs(3230));
                 wait.as_secs()
             })
@@ -894,20 +981,54 @@ mod tests {
     }
 
     #[test]
+    fn refreshes_overdue_at_a_restart_are_spread_over_the_interval() {
+        let started = Timestamp::now();
+        let waits: Vec<Duration> = (0..20)
+            .map(|i| {
+                let mut es = external_secret("Periodic", true, Some(3 * 3600));
+                es.metadata.uid = Some(format!("uid-{i}"));
+                assert!(
+                    refresh_wait(&es, HOUR, None, None).is_none(),
+                    "due at once without a version check"
+                );
+                refresh_wait(&es, HOUR, None, Some(started))
+                    .unwrap_or(Some(Duration::ZERO))
+                    .unwrap()
+            })
+            .collect();
+        assert!(waits.iter().all(|wait| *wait <= Duration::from_secs(3600)));
+        assert!(
+            waits
+                .iter()
+                .filter(|wait| **wait > Duration::from_secs(1800))
+                .count()
+                >= 4,
+            "{waits:?}"
+        );
+        // Not overdue: the schedule from the status stands.
+        let es = external_secret("Periodic", true, Some(600));
+        let resumed = refresh_wait(&es, HOUR, None, Some(started))
+            .flatten()
+            .unwrap();
+        let scheduled = refresh_wait(&es, HOUR, None, None).flatten().unwrap();
+        assert!(resumed.abs_diff(scheduled) < Duration::from_secs(1));
+    }
+
+    #[test]
     fn a_changed_spec_is_synced_at_once_except_created_once() {
         let mut es = external_secret("Periodic", true, Some(1));
         es.metadata.generation = Some(3);
-        assert!(refresh_wait(&es, HOUR, None).is_none());
+        assert!(refresh_wait(&es, HOUR, None, None).is_none());
         es.spec.refresh_policy = RefreshPolicy::OnChange;
-        assert!(refresh_wait(&es, HOUR, None).is_none());
+        assert!(refresh_wait(&es, HOUR, None, None).is_none());
         es.spec.refresh_policy = RefreshPolicy::CreatedOnce;
-        assert_eq!(refresh_wait(&es, HOUR, None), Some(None));
+        assert_eq!(refresh_wait(&es, HOUR, None, None), Some(None));
     }
 
     #[test]
     fn on_change_never_comes_back_by_itself() {
         let es = external_secret("OnChange", true, Some(100_000));
-        assert_eq!(refresh_wait(&es, HOUR, None), Some(None));
+        assert_eq!(refresh_wait(&es, HOUR, None, None), Some(None));
     }
 
     #[test]
@@ -919,7 +1040,7 @@ mod tests {
             synced_resource_version: synced_resource_version(&es),
         };
         assert!(
-            refresh_wait(&es, HOUR, Some(last.clone()))
+            refresh_wait(&es, HOUR, Some(last.clone()), None)
                 .unwrap()
                 .is_some()
         );
@@ -927,6 +1048,6 @@ mod tests {
             synced_resource_version: "1-other".into(),
             ..last
         };
-        assert!(refresh_wait(&es, HOUR, Some(stale)).is_none());
+        assert!(refresh_wait(&es, HOUR, Some(stale), None).is_none());
     }
 }
