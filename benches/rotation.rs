@@ -1,9 +1,12 @@
 //! `make bench`: numbers, not assertions. On the local stack, with the release operator out of cluster:
 //! N ExternalSecrets (`BENCH_N`, default 1,000) reading N/4 remote secrets, four readers each.
 //!
-//! Prints time to first full sync, AWS calls per quiet hour for each version check strategy, rotation
-//! propagation p50/p99 (ListSecrets and Events), the operator's peak RSS, and moto's own request ceiling
-//! measured in the same run, so that the operator's figures can be read against what moto can serve.
+//! Prints the API server's raw write rate and moto's request ceiling, measured in the same run so that the
+//! operator's figures can be read against what the stack can serve; time to first full sync and the AWS
+//! calls and API server requests it took; AWS calls and API server requests per quiet hour for each version
+//! check strategy; the latency of a new ExternalSecret, alone and while every other one syncs again;
+//! rotation propagation p50/p99 (ListSecrets and Events); what a restart in steady state costs; and the
+//! operator's peak and settled RSS.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,9 +14,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Call, TestContext, env_vars, kubectl, recorded_calls, value_external_secret};
+use common::{
+    Call, Operator, TestContext, kubectl, recorded_calls, requests_between, value_external_secret,
+};
 use futures::{StreamExt, stream};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 /// Check interval used while measuring; calls per hour are scaled to each strategy's default interval.
@@ -36,24 +42,110 @@ async fn synced(t: &TestContext) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Waits until the operator has made no AWS call for `quiet`, so that a measurement starts from rest; at
-/// most 30 s, since DescribeSecret checks of many secrets against a slow moto never pause.
-async fn settle(quiet: Duration) {
-    let recording = || {
-        std::fs::metadata(&env_vars()["MOTO_RECORDING"])
-            .map(|m| m.len())
-            .unwrap_or_default()
-    };
-    let mut last = recording();
+/// Waits until the operator has finished no reconcile and made no AWS call for `quiet`, so that a
+/// measurement starts from rest (a store change re-syncs every ExternalSecret: minutes at 100,000). At most
+/// 15 min.
+async fn settle(operator: &Operator, quiet: Duration) {
+    let mut last = (reconciles(operator).await, recorded_calls().len());
     let mut since = Instant::now();
     let started = Instant::now();
-    while since.elapsed() < quiet && started.elapsed() < Duration::from_secs(30) {
+    while since.elapsed() < quiet && started.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = recording();
+        let now = (reconciles(operator).await, recorded_calls().len());
         if now != last {
             last = now;
             since = Instant::now();
         }
+    }
+}
+
+/// The operator's count of finished ExternalSecret reconciles.
+async fn reconciles(operator: &Operator) -> u64 {
+    let (_, metrics) = operator.http_get("/metrics").await.unwrap_or_default();
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#,
+            )?
+            .trim()
+            .parse()
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The API server's own limit for the writes a first sync needs: Secrets created by server-side apply from
+/// 32 writers, per second. They are deleted afterwards.
+async fn raw_write_rate(t: &TestContext, count: usize) -> f64 {
+    let secrets = t.secrets();
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                let secret = json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": format!("raw-{i:06}"), "labels": {"bench-raw": "true"}},
+                    "data": {"value": "djAtMA=="},
+                });
+                secrets
+                    .patch(
+                        &format!("raw-{i:06}"),
+                        &PatchParams::apply("bench"),
+                        &Patch::Apply(&secret),
+                    )
+                    .await
+                    .expect("apply a Secret");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    secrets
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench-raw=true"),
+        )
+        .await
+        .expect("delete the raw Secrets");
+    rate
+}
+
+/// Applies one more ExternalSecret and times it until its Secret exists.
+async fn new_external_secret(t: &TestContext, name: &str, key: &str) -> Duration {
+    let started = Instant::now();
+    t.apply_yaml(&value_external_secret(
+        name,
+        "bench",
+        "SecretStore",
+        key,
+        None,
+    ))
+    .await;
+    let secrets: kube::Api<Secret> = t.secrets();
+    while secrets.get_opt(name).await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{name} was not synced in 15 min"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// API server requests by kind, summed, as "total (kind count, ...)".
+fn describe_requests(requests: &BTreeMap<String, f64>, scale: f64) -> String {
+    let total: f64 = requests.values().sum::<f64>() * scale;
+    let kinds: Vec<String> = requests
+        .iter()
+        .map(|(kind, count)| format!("{kind} {:.0}", count * scale))
+        .collect();
+    if kinds.is_empty() {
+        "0".to_string()
+    } else {
+        format!("{total:.0} ({})", kinds.join(", "))
     }
 }
 
@@ -76,6 +168,7 @@ async fn main() {
     );
 
     let moto_ceiling = moto_ceiling(&t).await;
+    let raw_writes = raw_write_rate(&t, n.min(2000)).await;
 
     let keys: Vec<String> = stream::iter(0..remotes)
         .map(|i| {
@@ -127,33 +220,24 @@ async fn main() {
     // Time to first full sync: operator start to every Secret written.
     let calls_before = recorded_calls().len();
     let started = Instant::now();
-    let operator = t.start_operator();
+    let mut operator = t.start_operator();
     loop {
         if synced(&t).await.len() == n {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "first sync did not finish in 15 min"
+            started.elapsed() < Duration::from_secs(3600),
+            "first sync did not finish in an hour"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let first_sync = started.elapsed();
+    let first_sync_requests = requests_between(&Default::default(), &operator.api_requests().await);
     let first_sync_calls: Vec<Call> = recorded_calls().into_iter().skip(calls_before).collect();
-    let first_sync_reads: Vec<&Call> = first_sync_calls
-        .iter()
-        .filter(|call| {
-            matches!(
-                call.action.as_str(),
-                "GetSecretValue" | "BatchGetSecretValue"
-            )
-        })
-        .collect();
-    let first_sync_values: usize = first_sync_reads
-        .iter()
-        .map(|call| call.secret_ids.len())
-        .sum();
-    settle(Duration::from_secs(3)).await;
+    let (first_sync_reads, first_sync_values) = value_reads(&first_sync_calls);
+    settle(&operator, Duration::from_secs(3)).await;
+    let new_alone = new_external_secret(&t, "new-alone", &keys[0]).await;
+    settle(&operator, Duration::from_secs(3)).await;
 
     // Quiet hours: what each strategy costs with nothing changing, counted over a window and scaled.
     let (sqs, queue_url) = t.create_queue().await;
@@ -176,12 +260,18 @@ async fn main() {
         ("None", json!({"strategy": "None"}), 60.0),
     ];
     let mut quiet_rows = Vec::new();
+    let mut new_during_resync = None;
     for (name, check, default_interval) in &strategies {
         t.store_with_check("bench", check.clone()).await;
-        // A store change re-syncs every ExternalSecret that uses it.
-        settle(Duration::from_secs(4)).await;
+        // A store change re-syncs every ExternalSecret that uses it: a new one meanwhile waits its turn.
+        if new_during_resync.is_none() && *name != "ListSecrets" {
+            new_during_resync = Some(new_external_secret(&t, "new-busy", &keys[1]).await);
+        }
+        settle(&operator, Duration::from_secs(4)).await;
         let start = recorded_calls().len();
+        let requests_before = operator.api_requests().await;
         tokio::time::sleep(QUIET_WINDOW).await;
+        let requests = requests_between(&requests_before, &operator.api_requests().await);
         let window: Vec<Call> = recorded_calls().into_iter().skip(start).collect();
         let checks_per_window = QUIET_WINDOW.as_secs_f64() / CHECK_INTERVAL.as_secs_f64();
         let count = |action: &str| window.iter().filter(|c| c.action == action).count() as f64;
@@ -195,6 +285,7 @@ async fn main() {
             checks_per_hour,
             receives_per_hour,
             value_reads,
+            describe_requests(&requests, 3600.0 / QUIET_WINDOW.as_secs_f64()),
         ));
     }
     t.store_with_check(
@@ -202,7 +293,7 @@ async fn main() {
         json!({"strategy": "ListSecrets", "interval": "5s"}),
     )
     .await;
-    settle(Duration::from_secs(4)).await;
+    settle(&operator, Duration::from_secs(4)).await;
 
     // Propagation: a PutSecretValue until all four readers' Secrets hold the new value.
     let list_secrets = propagation(&t, &keys, remotes, "p", None).await;
@@ -211,42 +302,86 @@ async fn main() {
         json!({"strategy": "Events", "interval": "10m", "events": {"queueURL": queue_url}}),
     )
     .await;
-    settle(Duration::from_secs(4)).await;
+    settle(&operator, Duration::from_secs(4)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let events = propagation(&t, &keys, remotes, "e", Some((&sqs, &queue_url))).await;
     let (rss, peak_rss) = operator.rss_kib();
 
+    // A restart in steady state: SIGTERM, start again, and count until every ExternalSecret was looked at
+    // and one more version check has run.
+    t.store_with_check(
+        "bench",
+        json!({"strategy": "ListSecrets", "interval": "5s"}),
+    )
+    .await;
+    settle(&operator, Duration::from_secs(4)).await;
+    let (code, _) = operator.terminate();
+    assert_eq!(code, Some(0), "the operator stops cleanly");
+    let calls_before = recorded_calls().len();
+    let restarted = Instant::now();
+    let operator = t.start_operator();
+    while reconciles(&operator).await < (n + 2) as u64 {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(900),
+            "the restarted operator did not look at every ExternalSecret in 15 min"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let looked_at = restarted.elapsed();
+    tokio::time::sleep(CHECK_INTERVAL * 2).await;
+    let restart_calls: Vec<Call> = recorded_calls().into_iter().skip(calls_before).collect();
+    let (restart_reads, restart_values) = value_reads(&restart_calls);
+    let restart_requests = requests_between(&Default::default(), &operator.api_requests().await);
+
+    let needed_writes = 2 * n;
     println!();
     println!(
-        "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s)",
+        "API server raw write rate:  {raw_writes:.0} Secrets/s (server-side apply, 32 writers)"
+    );
+    println!("moto ceiling (this run):    {moto_ceiling:.0} DescribeSecret/s with 16 clients");
+    println!();
+    println!(
+        "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s); its {needed_writes} writes (Secret + status each) take {:.1} s at the raw rate: {:.0}% of it",
         first_sync.as_secs_f64(),
-        n as f64 / first_sync.as_secs_f64()
+        n as f64 / first_sync.as_secs_f64(),
+        needed_writes as f64 / raw_writes,
+        100.0 * needed_writes as f64 / raw_writes / first_sync.as_secs_f64()
     );
     println!(
         "AWS calls for it:           {} value calls (R/20 = {:.1}) reading {first_sync_values} secret values, {} calls in all",
-        first_sync_reads.len(),
+        first_sync_reads,
         remotes as f64 / 20.0,
         first_sync_calls.len()
+    );
+    println!(
+        "API server requests for it: {}",
+        describe_requests(&first_sync_requests, 1.0)
+    );
+    println!(
+        "new ExternalSecret synced:  {:.2} s alone, {:.2} s while all {n} sync again after a store change",
+        new_alone.as_secs_f64(),
+        new_during_resync.unwrap_or_default().as_secs_f64()
     );
     println!(
         "operator RSS:               peak {:.1} MiB, at the end {:.1} MiB",
         peak_rss as f64 / 1024.0,
         rss as f64 / 1024.0
     );
-    println!("moto ceiling (this run):    {moto_ceiling:.0} DescribeSecret/s with 16 clients");
     println!();
     println!(
         "quiet hour, {remotes} remote secrets, default check interval (1m; Events: 10m full check):"
     );
     println!(
-        "  strategy        calls/check  check calls/h  SQS receives/h  value reads in {}s window",
+        "  strategy        calls/check  check calls/h  SQS receives/h  value reads in {}s window  API server requests/h (not watches, lease)",
         QUIET_WINDOW.as_secs()
     );
-    for (name, per_check, per_hour, receives, reads) in &quiet_rows {
-        println!("  {name:<15} {per_check:>11.1} {per_hour:>14.0} {receives:>15.0} {reads:>10.0}");
+    for (name, per_check, per_hour, receives, reads, requests) in &quiet_rows {
+        println!(
+            "  {name:<15} {per_check:>11.1} {per_hour:>14.0} {receives:>15.0} {reads:>25.0}  {requests}"
+        );
     }
     println!(
-        "  (every strategy adds the hourly full refresh of each of the {n} ExternalSecrets, spread over the last tenth of the hour, reads at the same time sharing calls; External Secrets Operator: {n} GetSecretValue/h and no checks)"
+        "  (every strategy adds the hourly full refresh of each of the {n} ExternalSecrets, spread over the last tenth of the hour, reads at the same time sharing calls, with no API server request when nothing changed; External Secrets Operator: {n} GetSecretValue/h and no checks)"
     );
     println!();
     for (name, mut samples) in [
@@ -262,7 +397,30 @@ async fn main() {
             samples.len()
         );
     }
+    println!();
+    println!(
+        "restart in steady state:    every ExternalSecret looked at in {:.1} s; {} AWS calls until one more check (N/50 = {:.0}), {restart_reads} value calls reading {restart_values} values; API server requests: {}",
+        looked_at.as_secs_f64(),
+        restart_calls.len(),
+        n as f64 / 50.0,
+        describe_requests(&restart_requests, 1.0)
+    );
     drop(operator);
+}
+
+/// Value calls among `calls`, and how many secret values they read.
+fn value_reads(calls: &[Call]) -> (usize, usize) {
+    let reads: Vec<&Call> = calls
+        .iter()
+        .filter(|call| {
+            matches!(
+                call.action.as_str(),
+                "GetSecretValue" | "BatchGetSecretValue"
+            )
+        })
+        .collect();
+    let values = reads.iter().map(|call| call.secret_ids.len()).sum();
+    (reads.len(), values)
 }
 
 /// Rotates `ROTATIONS` secrets one after the other and measures each until its readers are rewritten.
