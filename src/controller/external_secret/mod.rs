@@ -93,8 +93,10 @@ pub async fn run(
         .expect("never poisoned")
         .take()
         .expect("the ExternalSecret controller runs once");
+    // managedFields are most of an object and nothing here reads them.
     let external_secrets =
         crate::controller::watch_stream(external_secrets, watcher::Config::default())
+            .modify(|es| es.metadata.managed_fields = None)
             .reflect(writer)
             .inspect(move |event| {
                 match event {
