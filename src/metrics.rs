@@ -2,9 +2,10 @@
 //! Labels carry object names only, never values or remote key contents.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -12,9 +13,7 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
-    sync_calls: IntCounterVec,
-    sync_errors: IntCounterVec,
-    es_condition: IntGaugeVec,
+    external_secrets: ExternalSecretSeries,
     es_not_ready: IntGaugeVec,
     /// The reason each not-ready ExternalSecret reports under, to drop that series when it changes.
     not_ready_reasons: Mutex<HashMap<(String, String), String>>,
@@ -85,23 +84,13 @@ impl Default for Metrics {
         registry
             .register(Box::new(leader.clone()))
             .expect("unique metric");
+        let external_secrets = ExternalSecretSeries::default();
+        registry
+            .register(Box::new(external_secrets.clone()))
+            .expect("unique metric");
         Metrics {
             leader,
-            sync_calls: counter(
-                "externalsecret_sync_calls_total",
-                "Total ExternalSecret syncs",
-                &["name", "namespace"],
-            ),
-            sync_errors: counter(
-                "externalsecret_sync_calls_error",
-                "ExternalSecret syncs that failed",
-                &["name", "namespace"],
-            ),
-            es_condition: gauge(
-                "externalsecret_status_condition",
-                "ExternalSecret condition status (1 for the current status)",
-                &["name", "namespace", "condition", "status"],
-            ),
+            external_secrets,
             es_not_ready: gauge(
                 "secretsync_externalsecret_not_ready",
                 "1 for each ExternalSecret that is not Ready, with the class of its failure as reason",
@@ -179,20 +168,17 @@ impl Metrics {
     }
 
     pub fn sync(&self, namespace: &str, name: &str, ok: bool) {
-        self.sync_calls.with_label_values(&[name, namespace]).inc();
-        if !ok {
-            self.sync_errors.with_label_values(&[name, namespace]).inc();
-        }
+        self.external_secrets.update(namespace, name, |counts| {
+            counts.syncs += 1;
+            counts.errors += u64::from(!ok);
+        });
     }
 
     /// Ready when `not_ready` is `None`; otherwise not ready for that reason (an error class).
     pub fn external_secret_ready(&self, namespace: &str, name: &str, not_ready: Option<&str>) {
-        let ready = not_ready.is_none();
-        for (status, value) in [("True", ready), ("False", !ready)] {
-            self.es_condition
-                .with_label_values(&[name, namespace, "Ready", status])
-                .set(value.into());
-        }
+        self.external_secrets.update(namespace, name, |counts| {
+            counts.ready = Some(not_ready.is_none());
+        });
         let key = (namespace.to_string(), name.to_string());
         let mut reasons = self.not_ready_reasons.lock().expect("never poisoned");
         let previous = match not_ready {
@@ -233,15 +219,12 @@ impl Metrics {
 
     /// Drops a deleted ExternalSecret's series, so that dashboards and alerts do not see it any more.
     pub fn forget_external_secret(&self, namespace: &str, name: &str) {
-        // Removing a series that was never set is an error we do not care about.
-        let _ = self.sync_calls.remove_label_values(&[name, namespace]);
-        let _ = self.sync_errors.remove_label_values(&[name, namespace]);
-        for status in ["True", "False"] {
-            let _ = self
-                .es_condition
-                .remove_label_values(&[name, namespace, "Ready", status]);
-        }
         let key = (namespace.to_string(), name.to_string());
+        self.external_secrets
+            .by_object
+            .lock()
+            .expect("never poisoned")
+            .remove(&key);
         if let Some(reason) = self
             .not_ready_reasons
             .lock()
@@ -257,24 +240,19 @@ impl Metrics {
     /// The (namespace, name) of every ExternalSecret that has series, to drop those of ExternalSecrets that
     /// are gone.
     pub fn external_secrets_with_series(&self) -> Vec<(String, String)> {
-        let families = self
-            .sync_calls
-            .collect()
-            .into_iter()
-            .chain(self.es_condition.collect());
-        let mut seen: Vec<(String, String)> = families
-            .flat_map(|family| family.get_metric().to_vec())
-            .map(|metric| {
-                let label = |wanted: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|pair| pair.name() == wanted)
-                        .map(|pair| pair.value().to_string())
-                        .unwrap_or_default()
-                };
-                (label("namespace"), label("name"))
-            })
+        let mut seen: Vec<(String, String)> = self
+            .external_secrets
+            .by_object
+            .lock()
+            .expect("never poisoned")
+            .keys()
+            .chain(
+                self.not_ready_reasons
+                    .lock()
+                    .expect("never poisoned")
+                    .keys(),
+            )
+            .cloned()
             .collect();
         seen.sort();
         seen.dedup();
@@ -356,6 +334,144 @@ impl Metrics {
     }
 }
 
+/// External Secrets Operator's per-ExternalSecret series (`externalsecret_sync_calls_total`,
+/// `externalsecret_sync_calls_error`, `externalsecret_status_condition`), kept as three numbers per
+/// ExternalSecret and made into series only when scraped. The prometheus crate's vectors keep each series'
+/// label names and values several times over: 1.5 KiB per ExternalSecret, the largest item on the heap at
+/// 5,000 of them.
+#[derive(Clone)]
+struct ExternalSecretSeries {
+    descs: Arc<[Desc; 3]>,
+    /// By (namespace, name).
+    by_object: Arc<Mutex<HashMap<(String, String), ExternalSecretCounts>>>,
+}
+
+#[derive(Default)]
+struct ExternalSecretCounts {
+    syncs: u64,
+    errors: u64,
+    /// The Ready condition's status, once known.
+    ready: Option<bool>,
+}
+
+const SYNC_CALLS: (&str, &str) = (
+    "externalsecret_sync_calls_total",
+    "Total ExternalSecret syncs",
+);
+const SYNC_ERRORS: (&str, &str) = (
+    "externalsecret_sync_calls_error",
+    "ExternalSecret syncs that failed",
+);
+const CONDITION: (&str, &str) = (
+    "externalsecret_status_condition",
+    "ExternalSecret condition status (1 for the current status)",
+);
+
+impl Default for ExternalSecretSeries {
+    fn default() -> Self {
+        let desc = |(name, help): (&str, &str), labels: &[&str]| {
+            Desc::new(
+                name.to_string(),
+                help.to_string(),
+                labels.iter().map(|label| label.to_string()).collect(),
+                HashMap::new(),
+            )
+            .expect("valid metric")
+        };
+        ExternalSecretSeries {
+            descs: Arc::new([
+                desc(SYNC_CALLS, &["name", "namespace"]),
+                desc(SYNC_ERRORS, &["name", "namespace"]),
+                desc(CONDITION, &["condition", "name", "namespace", "status"]),
+            ]),
+            by_object: Arc::default(),
+        }
+    }
+}
+
+impl ExternalSecretSeries {
+    fn update(&self, namespace: &str, name: &str, change: impl FnOnce(&mut ExternalSecretCounts)) {
+        let mut by_object = self.by_object.lock().expect("never poisoned");
+        change(
+            by_object
+                .entry((namespace.to_string(), name.to_string()))
+                .or_default(),
+        );
+    }
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
+
+fn family((name, help): (&str, &str), type_: MetricType) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(type_);
+    family
+}
+
+fn counter_metric(labels: Vec<LabelPair>, value: u64) -> Metric {
+    let mut counter = Counter::default();
+    counter.set_value(value as f64);
+    let mut metric = Metric::from_label(labels);
+    metric.set_counter(counter);
+    metric
+}
+
+impl Collector for ExternalSecretSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut calls = family(SYNC_CALLS, MetricType::COUNTER);
+        let mut errors = family(SYNC_ERRORS, MetricType::COUNTER);
+        let mut condition = family(CONDITION, MetricType::GAUGE);
+        let by_object = self.by_object.lock().expect("never poisoned");
+        for ((namespace, name), counts) in by_object.iter() {
+            let object = [("name", name.as_str()), ("namespace", namespace.as_str())];
+            if counts.syncs > 0 {
+                calls
+                    .mut_metric()
+                    .push(counter_metric(label_pairs(&object), counts.syncs));
+            }
+            if counts.errors > 0 {
+                errors
+                    .mut_metric()
+                    .push(counter_metric(label_pairs(&object), counts.errors));
+            }
+            if let Some(ready) = counts.ready {
+                for (status, value) in [("True", ready), ("False", !ready)] {
+                    let mut gauge = Gauge::default();
+                    gauge.set_value(f64::from(u8::from(value)));
+                    let mut metric = Metric::from_label(label_pairs(&[
+                        ("condition", "Ready"),
+                        ("name", name),
+                        ("namespace", namespace),
+                        ("status", status),
+                    ]));
+                    metric.set_gauge(gauge);
+                    condition.mut_metric().push(metric);
+                }
+            }
+        }
+        [calls, errors, condition]
+            .into_iter()
+            .filter(|family| !family.get_metric().is_empty())
+            .collect()
+    }
+}
+
 /// The verb and resource of an API server request, from its method and path: `/api/v1/namespaces/ns/secrets/x`
 /// is a `get` of `secrets`, `.../externalsecrets/x/status` a `patch` of `externalsecrets/status`.
 fn kube_request_kind(method: &http::Method, uri: &http::Uri) -> (&'static str, String) {
@@ -431,6 +547,30 @@ mod tests {
         metrics.external_secret_ready("team", "db", Some("AccessDenied"));
         metrics.forget_external_secret("team", "db");
         assert!(not_ready_lines(&metrics).is_empty());
+    }
+
+    #[test]
+    fn external_secret_series_follow_syncs_and_go_with_the_object() {
+        let metrics = Metrics::default();
+        metrics.sync("team", "db", true);
+        metrics.sync("team", "db", false);
+        metrics.external_secret_ready("team", "db", Some("AccessDenied"));
+        let text = metrics.encode();
+        for line in [
+            r#"externalsecret_sync_calls_total{name="db",namespace="team"} 2"#,
+            r#"externalsecret_sync_calls_error{name="db",namespace="team"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="db",namespace="team",status="False"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="db",namespace="team",status="True"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            metrics.external_secrets_with_series(),
+            vec![("team".to_string(), "db".to_string())]
+        );
+        metrics.forget_external_secret("team", "db");
+        assert!(!metrics.encode().contains(r#"name="db""#));
+        assert!(metrics.external_secrets_with_series().is_empty());
     }
 
     #[test]
