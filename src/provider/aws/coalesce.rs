@@ -22,8 +22,10 @@ use crate::store::IdentityKey;
 
 /// How long a read waits, when none is under way, for others to join it.
 const GATHER: Duration = Duration::from_millis(20);
-/// How long a value read for a first sync not yet started waits for it.
-const READ_AHEAD_KEPT: Duration = Duration::from_secs(30);
+/// How long a value read for a first sync not yet started waits for it. Syncs start in about the order the
+/// watch listed them, not exactly, and a first sync of 10,000 takes over a minute: a value must outlast the
+/// wait for its ExternalSecret's turn, or it is read again.
+const READ_AHEAD_KEPT: Duration = Duration::from_secs(120);
 
 /// The keys that first syncs about to start will read, so that a call with room carries them too.
 pub trait ReadAhead: Send + Sync {
