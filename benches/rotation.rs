@@ -47,33 +47,17 @@ async fn synced(t: &TestContext) -> BTreeMap<String, String> {
 /// version checks go on all the time (DescribeSecret of thousands of secrets never pauses), so AWS calls
 /// cannot tell. At most 15 min.
 async fn settle(operator: &Operator, quiet: Duration) {
-    let mut last = reconciles(operator).await;
+    let mut last = operator.reconciles().await;
     let mut since = Instant::now();
     let started = Instant::now();
     while since.elapsed() < quiet && started.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = reconciles(operator).await;
+        let now = operator.reconciles().await;
         if now != last {
             last = now;
             since = Instant::now();
         }
     }
-}
-
-/// The operator's count of finished ExternalSecret reconciles.
-async fn reconciles(operator: &Operator) -> u64 {
-    let (_, metrics) = operator.http_get("/metrics").await.unwrap_or_default();
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#,
-            )?
-            .trim()
-            .parse()
-            .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// The API server's own limit for the writes a first sync needs: Secrets created by server-side apply from
@@ -336,7 +320,7 @@ async fn main() {
     let calls_before = recorded_calls().len();
     let restarted = Instant::now();
     let operator = t.start_operator();
-    while reconciles(&operator).await < (n + 2) as u64 {
+    while operator.reconciles().await < (n + 2) as f64 {
         assert!(
             restarted.elapsed() < Duration::from_secs(900),
             "the restarted operator did not look at every ExternalSecret in 15 min"

@@ -97,26 +97,15 @@ pub async fn fetch(spec: &ExternalSecretSpec, provider: &impl SecretProvider) ->
 /// Whether a version check sees every change to what the ExternalSecret reads: no `find` (which secrets
 /// match can change) and no tags (`metadataPolicy: Fetch`).
 pub fn versioned_only(spec: &ExternalSecretSpec) -> bool {
-    spec.data
-        .iter()
-        .map(|entry| &entry.remote_ref)
-        .chain(
-            spec.data_from
-                .iter()
-                .filter_map(|entry| entry.extract.as_ref()),
-        )
+    spec.remote_refs()
         .all(|r| r.metadata_policy == MetadataPolicy::None)
         && spec.data_from.iter().all(|entry| entry.find.is_none())
 }
 
 /// The keys read at their current version without naming one, which one batched read can serve.
 pub fn current_keys(spec: &ExternalSecretSpec) -> Vec<String> {
-    let references = spec.data.iter().map(|entry| &entry.remote_ref).chain(
-        spec.data_from
-            .iter()
-            .filter_map(|entry| entry.extract.as_ref()),
-    );
-    let mut keys: Vec<String> = references
+    let mut keys: Vec<String> = spec
+        .remote_refs()
         .filter(|r| r.metadata_policy == MetadataPolicy::None)
         .filter(|r| r.version.as_deref().is_none_or(str::is_empty))
         .map(|r| r.key.clone())

@@ -120,22 +120,6 @@ async fn a_first_sync_reads_each_secret_about_once() {
     );
 }
 
-/// The operator's count of finished ExternalSecret reconciles.
-async fn reconciles(operator: &common::Operator) -> f64 {
-    let (_, metrics) = operator.http_get("/metrics").await.unwrap_or_default();
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#,
-            )?
-            .trim()
-            .parse()
-            .ok()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_restart_reads_only_what_changed_meanwhile() {
     let t = TestContext::new("restart-reads").await;
@@ -179,7 +163,7 @@ async fn a_restart_reads_only_what_changed_meanwhile() {
         "every ExternalSecret reconciled",
         Duration::from_secs(60),
         || async {
-            let done = reconciles(&operator).await;
+            let done = operator.reconciles().await;
             (done >= count as f64).then_some(()).ok_or(done)
         },
     )
@@ -242,12 +226,12 @@ async fn a_refresh_that_changes_nothing_asks_the_api_server_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (requests_before, reconciles_before, calls_before) = (
         operator.api_requests().await,
-        reconciles(&operator).await,
+        operator.reconciles().await,
         recorded_calls().len(),
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let asked = requests_between(&requests_before, &operator.api_requests().await);
-    let refreshes = reconciles(&operator).await - reconciles_before;
+    let refreshes = operator.reconciles().await - reconciles_before;
     let value_calls = recorded_calls()
         .into_iter()
         .skip(calls_before)

@@ -54,6 +54,15 @@ fn default_refresh_interval() -> String {
 }
 
 impl ExternalSecretSpec {
+    /// Every remote reference it reads by key: `data[].remoteRef` and `dataFrom[].extract`.
+    pub fn remote_refs(&self) -> impl Iterator<Item = &RemoteRef> {
+        self.data.iter().map(|entry| &entry.remote_ref).chain(
+            self.data_from
+                .iter()
+                .filter_map(|entry| entry.extract.as_ref()),
+        )
+    }
+
     /// `None` means "sync once" (`refreshInterval: 0`).
     pub fn refresh_interval(&self) -> Result<Option<Duration>, humantime::DurationError> {
         if self.refresh_interval == "0" {

@@ -773,6 +773,22 @@ impl Operator {
         }
     }
 
+    /// Its count of finished ExternalSecret reconciles.
+    pub async fn reconciles(&self) -> f64 {
+        let (_, metrics) = self.http_get("/metrics").await.unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#,
+                )?
+                .trim()
+                .parse()
+                .ok()
+            })
+            .unwrap_or_default()
+    }
+
     /// Its requests to the API server so far, by "verb resource", leaving out watches and the leader lease
     /// (what a quiet operator may hold).
     pub async fn api_requests(&self) -> HashMap<String, f64> {

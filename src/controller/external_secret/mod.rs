@@ -782,16 +782,7 @@ async fn watch_from_status(es: &ExternalSecret, ctx: &Context, store: &StoreHand
 /// The key and version of a `status.syncedVersions` entry: `key` or `key@version`. A key that itself holds
 /// an `@` is recognized by the spec naming it.
 fn synced_key(spec: &ExternalSecretSpec, synced: &str) -> (String, Version) {
-    let named = spec
-        .data
-        .iter()
-        .map(|entry| &entry.remote_ref)
-        .chain(
-            spec.data_from
-                .iter()
-                .filter_map(|entry| entry.extract.as_ref()),
-        )
-        .any(|reference| reference.key == synced);
+    let named = spec.remote_refs().any(|reference| reference.key == synced);
     match synced.rsplit_once('@') {
         Some((key, version)) if !named => (key.to_string(), Version::parse(Some(version))),
         _ => (synced.to_string(), Version::parse(None)),
