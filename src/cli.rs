@@ -226,6 +226,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         hasher,
         metrics.clone(),
         args.store_refresh_interval,
+        args.concurrency,
     ));
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
@@ -246,12 +247,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         stop.send_replace(true);
         why
     };
-    let controllers = tokio::spawn(controller::run(
-        ctx,
-        args.namespace,
-        args.concurrency,
-        stopping,
-    ));
+    let controllers = tokio::spawn(controller::run(ctx, args.namespace, stopping));
     let why = stop_when.await;
     // In-flight syncs may finish, but a sync stuck on an unresponsive AWS must not outlast the pod's grace
     // period: what is cut short is synced again by the next leader. Without the lease there is no grace:

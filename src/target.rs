@@ -219,6 +219,38 @@ pub async fn write(
     Ok((written, applied))
 }
 
+/// Creates the Secret if, and only if, none of its name exists: `None` when one does. A sync calls this
+/// instead of reading first when its cache of our Secrets holds none of that name, which saves a request per
+/// first sync; a Secret the cache cannot show (someone else's, or ours a moment ago) is then read and
+/// judged as usual.
+pub async fn create(
+    api: &Api<Secret>,
+    es: &ExternalSecret,
+    desired: &Desired,
+) -> Result<Option<(Written, Applied)>> {
+    let mut secret = desired.secret.clone();
+    // An apply that carries a resourceVersion creates the object when there is none, and otherwise fails
+    // with a conflict, even when forced, unless the versions match. No Secret is at version 1: etcd's first
+    // revision is written long before any Secret.
+    secret.metadata.resource_version = Some("1".to_string());
+    let params = PatchParams::apply(&field_manager(es)).force();
+    match api
+        .patch(es.target_name(), &params, &Patch::Apply(&secret))
+        .await
+    {
+        Ok(after) => Ok(Some((
+            Written::Created,
+            Applied {
+                resource_version: after.resource_version().unwrap_or_default(),
+                digest: desired.digest.clone(),
+                data_hash: desired.data_hash.clone(),
+            },
+        ))),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn owned_secret(
     es: &ExternalSecret,
     type_: Option<String>,

@@ -4,6 +4,7 @@ mod backoff;
 mod external_secret;
 mod first_syncs;
 mod restart;
+mod resyncs;
 mod secret_store;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::store::Stores;
 use crate::target::{Applied, FIELD_MANAGER};
 use backoff::Backoff;
 use first_syncs::FirstSyncs;
+use resyncs::Resyncs;
 
 type StoreCacheWriters = (
     reflector::store::Writer<SecretStore>,
@@ -61,6 +63,10 @@ pub struct Context {
     external_secret_cache_writer: Mutex<Option<reflector::store::Writer<ExternalSecret>>>,
     /// ExternalSecrets yet to sync, whose keys reads carry ahead.
     first_syncs: Arc<FirstSyncs>,
+    /// How many ExternalSecrets sync at once.
+    concurrency: u16,
+    /// Syncs of many ExternalSecrets at once, fed to the controller as it gets through them.
+    resyncs: Arc<Resyncs>,
     /// The metadata of the Secrets we manage, from the ExternalSecret controller's watch of them (which
     /// takes the writer when it starts): a sync compares resourceVersions instead of reading its Secret.
     owned_secrets: Store<PartialObjectMeta<Secret>>,
@@ -75,8 +81,9 @@ pub struct Context {
     cluster_store_cache: Store<ClusterSecretStore>,
     /// Fill those caches; the ExternalSecret controller takes them when it starts.
     store_cache_writers: Mutex<Option<StoreCacheWriters>>,
-    /// Turns true once both caches have listed.
-    store_caches_ready: watch::Sender<bool>,
+    /// Turns true once the store caches and the cache of our Secrets have listed: until then, that one
+    /// holds nothing means nothing.
+    caches_ready: watch::Sender<bool>,
     pub hasher: DataHasher,
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
@@ -95,6 +102,7 @@ impl Context {
         hasher: DataHasher,
         metrics: Arc<Metrics>,
         store_refresh: Duration,
+        concurrency: u16,
     ) -> Self {
         let reporter = Reporter {
             controller: "secretsync".into(),
@@ -117,6 +125,8 @@ impl Context {
             woken: Mutex::new(Some(woken)),
             external_secret_cache_writer: Mutex::new(Some(external_secret_cache_writer)),
             first_syncs: Arc::new(FirstSyncs::new(external_secret_cache)),
+            concurrency,
+            resyncs: Arc::new(Resyncs::new(concurrency.into())),
             owned_secrets,
             owned_secrets_writer: Mutex::new(Some(owned_secrets_writer)),
             applied: Mutex::default(),
@@ -124,7 +134,7 @@ impl Context {
             store_cache,
             cluster_store_cache,
             store_cache_writers: Mutex::new(Some((store_writer, cluster_store_writer))),
-            store_caches_ready: watch::Sender::new(false),
+            caches_ready: watch::Sender::new(false),
             reporter,
             client,
             metrics,
@@ -190,6 +200,14 @@ impl Context {
         self.applied.lock().expect("never poisoned").remove(key);
     }
 
+    /// Whether this process has applied the ExternalSecret's Secret (the watch may not show it yet).
+    fn has_applied(&self, key: &str) -> bool {
+        self.applied
+            .lock()
+            .expect("never poisoned")
+            .contains_key(key)
+    }
+
     /// What our last apply left in the Secret `namespace/name`, if the watch still sees it at the version
     /// that apply returned: then it holds exactly that.
     fn unchanged_since_applied(&self, key: &str, namespace: &str, name: &str) -> Option<Applied> {
@@ -204,6 +222,22 @@ impl Context {
             .get(&ObjectRef::new(name).within(namespace))?;
         (seen.resource_version().as_deref() == Some(applied.resource_version.as_str()))
             .then_some(applied)
+    }
+
+    /// Resolves once the caches have listed: they fill when the controller starts, and until they have
+    /// listed once, absence from them means nothing.
+    async fn caches_listed(&self) {
+        let _ = self.caches_ready.subscribe().wait_for(|ready| *ready).await;
+    }
+
+    /// Whether the cache of the Secrets we manage, listed and watching, holds none named `namespace/name`.
+    /// Usually there is then none at all; someone else's or one we wrote a moment ago is not ruled out.
+    fn manages_no_secret(&self, namespace: &str, name: &str) -> bool {
+        *self.caches_ready.borrow()
+            && self
+                .owned_secrets
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_none()
     }
 
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist
@@ -226,21 +260,10 @@ impl Context {
 }
 
 /// Runs every controller until `stopping` turns true, then lets the reconciles in flight finish.
-/// `namespace` limits namespaced watches to one namespace; `concurrency` bounds the ExternalSecrets synced
-/// at once.
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    concurrency: u16,
-    stopping: watch::Receiver<bool>,
-) {
+/// `namespace` limits namespaced watches to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::Receiver<bool>) {
     futures::join!(
-        external_secret::run(
-            ctx.clone(),
-            namespace.clone(),
-            concurrency,
-            stopping.clone()
-        ),
+        external_secret::run(ctx.clone(), namespace.clone(), stopping.clone()),
         secret_store::run_namespaced(ctx.clone(), namespace, stopping.clone()),
         secret_store::run_cluster(ctx, stopping),
     );

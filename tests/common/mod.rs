@@ -763,6 +763,11 @@ impl Operator {
             .envs(vars.iter().filter(|(k, _)| {
                 (k.starts_with("AWS_") || *k == "KUBECONFIG") && !unset.contains(&k.as_str())
             }))
+            // The operator's own settings from the environment (`SECRETSYNC_CONCURRENCY` for the bench).
+            .envs(
+                std::env::vars()
+                    .filter(|(k, _)| k.starts_with("SECRETSYNC_") && k != "SECRETSYNC_TESTENV"),
+            )
             .envs(extra_env.iter().copied())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);

@@ -37,6 +37,7 @@ use status::{record_failure, record_gone, record_propagated, record_success};
 use template_sources::template_sources;
 
 const CONTROLLER: &str = "externalsecret";
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Held by ExternalSecrets with `creationPolicy: Merge` until their keys are out of the Secret.
 const FINALIZER: &str = "secretsync.io/merged-keys";
 /// Errors that need a change by someone are retried this often (or at the refresh interval, if shorter).
@@ -47,12 +48,7 @@ const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// Workload restarts that failed are tried again this often.
 const RESTART_RETRY: Duration = Duration::from_secs(30);
 
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    concurrency: u16,
-    stopping: watch::Receiver<bool>,
-) {
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::Receiver<bool>) {
     let client = ctx.client.clone();
     let (external_secrets, secrets, stores) = match &namespace {
         Some(ns) => (
@@ -84,19 +80,33 @@ pub async fn run(
     // Everything is synced again after a relist: of the owned Secrets, because a relist reports no deletions
     // and a Secret deleted meanwhile is found only by syncing; of the ExternalSecrets, because it follows a
     // lost watch (an API server restart), whose syncs failed meanwhile and would otherwise wait out their
-    // backoff (the predicate filter passes no unchanged object).
-    let (relisted, resync) = futures::channel::mpsc::unbounded::<()>();
+    // backoff (the predicate filter passes no unchanged object). Not after the first list: the controller
+    // syncs everything it lists at start anyway.
+    let relisted = {
+        let (ctx, cache) = (ctx.clone(), reader.clone());
+        move || {
+            ctx.resyncs
+                .request(cache.state().iter().map(|es| object_ref(es)))
+        }
+    };
     let external_secrets_relisted = relisted.clone();
+    let (mut external_secrets_listed, mut owned_listed) = (false, false);
     let woken = ctx
         .woken
         .lock()
         .expect("never poisoned")
         .take()
         .expect("the ExternalSecret controller runs once");
-    // managedFields are most of an object and nothing here reads them.
+    // managedFields are most of an object and nothing here reads them, nor a client-side apply's copy of
+    // the whole object.
     let external_secrets =
         crate::controller::watch_stream(external_secrets, watcher::Config::default())
-            .modify(|es| es.metadata.managed_fields = None)
+            .modify(|es| {
+                es.metadata.managed_fields = None;
+                if let Some(annotations) = &mut es.metadata.annotations {
+                    annotations.remove(LAST_APPLIED_ANNOTATION);
+                }
+            })
             .reflect(writer)
             .inspect(move |event| {
                 match event {
@@ -108,7 +118,9 @@ pub async fn run(
                     Ok(watcher::Event::InitDone) => {
                         forget.forget_all_but(&current);
                         forget.first_syncs.retain_cached();
-                        let _ = external_secrets_relisted.unbounded_send(());
+                        if std::mem::replace(&mut external_secrets_listed, true) {
+                            external_secrets_relisted();
+                        }
                     }
                     _ => {}
                 }
@@ -121,16 +133,25 @@ pub async fn run(
         .expect("never poisoned")
         .take()
         .expect("the ExternalSecret controller runs once");
-    // Metadata only: secret values never sit in the operator's cache.
+    // Metadata only: secret values never sit in the operator's cache. A sync compares resourceVersions and
+    // the controller follows owner references; the rest is dropped.
     let owned = crate::controller::watch_stream(
         secrets,
         watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
     )
-    .modify(|secret| secret.metadata.managed_fields = None)
+    .modify(|secret| {
+        let metadata = &mut secret.metadata;
+        metadata.managed_fields = None;
+        metadata.labels = None;
+        metadata.annotations = None;
+        metadata.creation_timestamp = None;
+    })
     .reflect(owned_secrets_writer)
     .inspect(move |event| {
-        if let Ok(watcher::Event::InitDone) = event {
-            let _ = relisted.unbounded_send(());
+        if let Ok(watcher::Event::InitDone) = event
+            && std::mem::replace(&mut owned_listed, true)
+        {
+            relisted();
         }
     })
     .touched_objects();
@@ -142,14 +163,18 @@ pub async fn run(
         .expect("the ExternalSecret controller runs once");
     // One task waits for the caches and tells every sync: kube's `Store::wait_until_ready` wakes only the
     // last task that waits on it, so syncs waiting there themselves stayed asleep.
-    let (store_cache, cluster_store_cache) =
-        (ctx.store_cache.clone(), ctx.cluster_store_cache.clone());
+    let (store_cache, cluster_store_cache, owned_secrets) = (
+        ctx.store_cache.clone(),
+        ctx.cluster_store_cache.clone(),
+        ctx.owned_secrets.clone(),
+    );
     let caches_ready = ctx.clone();
     tokio::spawn(async move {
         if store_cache.wait_until_ready().await.is_ok()
             && cluster_store_cache.wait_until_ready().await.is_ok()
+            && owned_secrets.wait_until_ready().await.is_ok()
         {
-            caches_ready.store_caches_ready.send_replace(true);
+            caches_ready.caches_ready.send_replace(true);
         }
     });
     let stores = crate::controller::watch_stream(stores, watcher::Config::default())
@@ -164,28 +189,34 @@ pub async fn run(
     .touched_objects()
     .predicate_filter(predicates::generation, Default::default());
 
+    // A store change syncs every ExternalSecret that uses it again, fed as the controller gets through them
+    // (the mappers hand nothing to the controller directly).
     let (by_store, by_cluster_store) = (reader.clone(), reader.clone());
+    let (store_changes, cluster_store_changes) = (ctx.resyncs.clone(), ctx.resyncs.clone());
+    let concurrency = ctx.concurrency;
     Controller::for_stream(external_secrets, reader)
         .owns_stream(owned)
         .watches_stream(stores, move |store: SecretStore| {
-            referencing(
+            store_changes.request(referencing(
                 &by_store,
                 StoreKind::SecretStore,
                 &store.name_any(),
                 store.namespace().as_deref(),
-            )
+            ));
+            None
         })
         .watches_stream(cluster_stores, move |store: ClusterSecretStore| {
-            referencing(
+            cluster_store_changes.request(referencing(
                 &by_cluster_store,
                 StoreKind::ClusterSecretStore,
                 &store.name_any(),
                 None,
-            )
+            ));
+            None
         })
         // Rotations found by the version watches.
         .reconcile_on(woken)
-        .reconcile_all_on(resync)
+        .reconcile_on(ctx.resyncs.clone().stream())
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile, error_policy, ctx)
@@ -214,7 +245,7 @@ fn referencing(
                 && reference.name == name
                 && namespace.is_none_or(|ns| es.namespace().as_deref() == Some(ns))
         })
-        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .map(|es| object_ref(es))
         .collect()
 }
 
@@ -246,6 +277,13 @@ enum Cleanup {
 /// ExternalSecrets that merge into someone else's Secret take their keys out of it when deleted; the others'
 /// Secrets are deleted with them (Owner) or kept on purpose (Orphan, None), so they need no finalizer.
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let es_ref = object_ref(&es);
+    let result = reconcile_object(es, ctx.clone()).await;
+    ctx.resyncs.finished(&es_ref);
+    result
+}
+
+async fn reconcile_object(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
     let merges = es.spec.target.creation_policy == CreationPolicy::Merge;
     if !merges && !es.finalizers().iter().any(|f| f == FINALIZER) {
         return reconcile_apply(es, ctx).await;
@@ -347,7 +385,7 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
                 err,
                 Error::StoreNotAllowed { .. } | Error::StoreNotFound { .. }
             ) {
-                ctx.watches.forget(&ObjectRef::from_obj(es.as_ref()));
+                ctx.watches.forget(&object_ref(&es));
             }
             ctx.metrics.sync(&namespace, &es.name_any(), false);
             record_failure(&es, &ctx, &namespace, &err).await?;
@@ -384,7 +422,7 @@ impl Context {
         self.forget_propagated(&key(es));
         self.forget_applied(&key(es));
         self.backoff.reset(&key(es));
-        self.watches.forget(&ObjectRef::from_obj(es));
+        self.watches.forget(&object_ref(es));
         self.first_syncs.done(es);
     }
 }
@@ -393,11 +431,8 @@ impl Context {
     /// Drops what is kept for ExternalSecrets that are not in `current`, after a relist that may have missed
     /// their deletion.
     fn forget_all_but(&self, current: &Store<ExternalSecret>) {
-        let live: HashSet<ObjectRef<ExternalSecret>> = current
-            .state()
-            .iter()
-            .map(|es| ObjectRef::from_obj(es.as_ref()))
-            .collect();
+        let live: HashSet<ObjectRef<ExternalSecret>> =
+            current.state().iter().map(|es| object_ref(es)).collect();
         let keys: HashSet<String> = live.iter().map(ref_key).collect();
         self.retain(|key| keys.contains(key));
         self.watches.retain(|es| live.contains(es));
@@ -409,8 +444,18 @@ impl Context {
     }
 }
 
+/// Names the ExternalSecret, without the resourceVersion and uid that `ObjectRef::from_obj` copies into each
+/// of the many maps that hold one per ExternalSecret.
+fn object_ref(es: &ExternalSecret) -> ObjectRef<ExternalSecret> {
+    let es_ref = ObjectRef::new(&es.name_any());
+    match es.namespace() {
+        Some(namespace) => es_ref.within(&namespace),
+        None => es_ref,
+    }
+}
+
 fn key(es: &ExternalSecret) -> String {
-    ref_key(&ObjectRef::from_obj(es))
+    ref_key(&object_ref(es))
 }
 
 fn ref_key(es: &ObjectRef<ExternalSecret>) -> String {
@@ -433,14 +478,23 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         ))
     })?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    ctx.caches_listed().await;
     // Read only when it may have changed since our last apply: a quiet refresh asks the API server nothing.
+    let creation = es.spec.target.creation_policy;
     let existing = match ctx.unchanged_since_applied(&key(es), namespace, es.target_name()) {
         Some(applied) => Target::AsApplied(applied),
+        // A first sync, usually: create the Secret without reading first (see `target::create`).
+        None if matches!(creation, CreationPolicy::Owner | CreationPolicy::Orphan)
+            && !ctx.has_applied(&key(es))
+            && ctx.manages_no_secret(namespace, es.target_name()) =>
+        {
+            Target::Unseen
+        }
         None => Target::Read(secrets.get_opt(es.target_name()).await?.map(Box::new)),
     };
-    let creation = es.spec.target.creation_policy;
     let intact = match (creation, &existing) {
         (_, Target::AsApplied(_)) => true,
+        (_, Target::Unseen) => false,
         (CreationPolicy::Owner | CreationPolicy::Orphan, Target::Read(Some(existing))) => {
             target::ensure_owned(existing, es)?;
             target::is_intact(existing, es, &ctx.hasher)
@@ -463,6 +517,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let mut restarts_owed = false;
     let current = match &existing {
         Target::AsApplied(applied) => Some(applied.data_hash.clone()),
+        Target::Unseen => None,
         Target::Read(existing) => existing
             .as_ref()
             .map(|existing| target::our_data_hash(existing, es, &ctx.hasher)),
@@ -479,7 +534,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             restarts_owed = true;
         }
     }
-    let es_ref = ObjectRef::from_obj(es);
+    let es_ref = object_ref(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
     let mut rotated = None;
     let store = resolve_store(es, ctx, namespace).await?;
@@ -568,8 +623,23 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             Written::Unchanged
         }
         (Some(desired), existing) => {
-            let before = existing.read(&secrets, es).await?;
-            let (written, applied) = target::write(&secrets, es, desired, before.as_ref()).await?;
+            let created = match existing {
+                Target::Unseen => target::create(&secrets, es, &desired).await?,
+                _ => None,
+            };
+            let (written, applied) = match created {
+                Some(created) => created,
+                // There was one after all: judged as if read in the first place.
+                None => {
+                    let before = existing.read(&secrets, es).await?;
+                    if let Some(before) = &before
+                        && matches!(creation, CreationPolicy::Owner | CreationPolicy::Orphan)
+                    {
+                        target::ensure_owned(before, es)?;
+                    }
+                    target::write(&secrets, es, desired, before.as_ref()).await?
+                }
+            };
             ctx.set_applied(key(es), applied);
             written
         }
@@ -611,13 +681,15 @@ enum Target {
     AsApplied(Applied),
     /// As just read; `None` when there is none.
     Read(Option<Box<Secret>>),
+    /// Not among the Secrets we manage, and not read.
+    Unseen,
 }
 
 impl Target {
     /// The Secret itself, read now if only its version was known.
     async fn read(self, secrets: &Api<Secret>, es: &ExternalSecret) -> Result<Option<Secret>> {
         match self {
-            Target::AsApplied(_) => Ok(secrets.get_opt(es.target_name()).await?),
+            Target::AsApplied(_) | Target::Unseen => Ok(secrets.get_opt(es.target_name()).await?),
             Target::Read(existing) => Ok(existing.map(|existing| *existing)),
         }
     }
@@ -702,7 +774,6 @@ fn observe_propagation(ctx: &Context, detections: &[Detection], until: &str) {
     }
 }
 
-/// The store an ExternalSecret names, checked for its namespace.
 /// The store an ExternalSecret names, from the watch caches. A SecretStore is looked up only in the
 /// ExternalSecret's own namespace, so a store in another namespace is simply not found; a ClusterSecretStore
 /// must allow the namespace. A store that appears later wakes the ExternalSecrets that name it.
@@ -713,12 +784,6 @@ async fn resolve_store(es: &ExternalSecret, ctx: &Context, namespace: &str) -> R
         name: reference.name.clone(),
         namespace: (reference.kind == StoreKind::SecretStore).then(|| namespace.to_string()),
     };
-    // The caches fill when the controller starts; until they have listed once, absence means nothing.
-    let _ = ctx
-        .store_caches_ready
-        .subscribe()
-        .wait_for(|ready| *ready)
-        .await;
     let (spec, generation) = match reference.kind {
         StoreKind::SecretStore => {
             let store = ctx
@@ -770,7 +835,7 @@ async fn watch_from_status(es: &ExternalSecret, ctx: &Context, store: &StoreHand
                 })
                 .collect();
             ctx.watches
-                .register(ObjectRef::from_obj(es), aws, check, store.clone(), reads);
+                .register(object_ref(es), aws, check, store.clone(), reads);
         }
         Ok::<_, Error>(())
     };
