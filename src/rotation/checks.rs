@@ -9,6 +9,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 
 use super::{AbortOnDrop, Detection, GroupKey, StoreHandle, Watches, strategy_label};
 use crate::api::{ClusterSecretStore, SecretStore, StoreKind, VersionCheckStrategy};
@@ -219,7 +220,7 @@ impl Watches {
             .filter(|key| {
                 key.check.events.as_ref().map(|e| e.queue_url.as_str()) == Some(queue_url)
             })
-            .cloned()
+            .map(|key| GroupKey::clone(key))
             .collect();
         if groups.is_empty() {
             state.queues.remove(queue_url);
@@ -327,7 +328,7 @@ impl Watches {
                     Observation::Gone => {
                         if !watched.gone {
                             watched.gone = true;
-                            wake.extend(watched.readers.keys().cloned());
+                            wake.extend(watched.readers.keys().map(|r| ObjectRef::clone(r)));
                         }
                         continue;
                     }
@@ -479,7 +480,7 @@ impl Watches {
             let readers: Vec<_> = group
                 .secrets
                 .values()
-                .flat_map(|watched| watched.readers.keys().cloned())
+                .flat_map(|watched| watched.readers.keys().map(|r| ObjectRef::clone(r)))
                 .collect();
             (group.store.clone(), message, readers)
         };

@@ -80,14 +80,44 @@ pub struct Detection {
     pub event_time: Option<Timestamp>,
 }
 
+/// An ExternalSecret that reads a secret: one allocation shared by every map that names it (a full
+/// `ObjectRef` inline is 120 bytes, and there is one per reader and secret, and one per registration).
+type Reader = Arc<ObjectRef<ExternalSecret>>;
+
+/// The stages (or pinned VersionIds) one ExternalSecret reads of one secret: nearly always one. A
+/// `BTreeSet`'s first node has room for eleven, 280 bytes for each of 10,000 readers.
+#[derive(Default)]
+struct Few(Vec<String>);
+
+impl Few {
+    fn insert(&mut self, value: String) {
+        if !self.0.contains(&value) {
+            self.0.push(value);
+        }
+    }
+
+    fn is_disjoint(&self, others: &BTreeSet<String>) -> bool {
+        !self.0.iter().any(|value| others.contains(value))
+    }
+}
+
+impl<'a> IntoIterator for &'a Few {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 #[derive(Default)]
 struct Watched {
     /// Stage → VersionId, as last seen.
     stages: BTreeMap<String, String>,
     /// Which stages each ExternalSecret reads (empty for pinned versions only).
-    readers: HashMap<ObjectRef<ExternalSecret>, BTreeSet<String>>,
+    readers: HashMap<Reader, Few>,
     /// VersionIds read by pinned (`uuid/`) references.
-    pinned: HashMap<ObjectRef<ExternalSecret>, BTreeSet<String>>,
+    pinned: HashMap<Reader, Few>,
     values: HashMap<String, Arc<RemoteSecret>>,
     detected: HashMap<String, Detection>,
     /// Reported as gone by the last check: readers were woken once.
@@ -139,7 +169,7 @@ impl Watched {
         self.readers
             .iter()
             .filter(|(_, read)| !read.is_disjoint(stages))
-            .map(|(reader, _)| reader.clone())
+            .map(|(reader, _)| ObjectRef::clone(reader))
             .collect()
     }
 }
@@ -163,15 +193,15 @@ impl Drop for AbortOnDrop {
 
 struct Registration {
     store: (StoreKind, String, Option<i64>),
-    group: GroupKey,
+    group: Arc<GroupKey>,
     prefix: String,
     reads: Vec<(String, Version, String)>,
 }
 
 #[derive(Default)]
 struct State {
-    groups: HashMap<GroupKey, Group>,
-    registrations: HashMap<ObjectRef<ExternalSecret>, Registration>,
+    groups: HashMap<Arc<GroupKey>, Group>,
+    registrations: HashMap<Reader, Registration>,
     /// The consumer of each SQS queue that groups with the `Events` check watch through.
     queues: HashMap<String, AbortOnDrop>,
 }
@@ -376,17 +406,25 @@ impl Watches {
             check,
         };
         let prefix = provider.prefix().to_string();
+        let es: Reader = Arc::new(es);
         let mut wake = Vec::new();
         {
             let mut state = self.lock();
             let state = &mut *state;
             let old = state.registrations.remove(&es);
-            let group = state.groups.entry(key.clone()).or_insert_with(|| Group {
-                store: store.clone(),
-                secrets: HashMap::new(),
-                last_error: None,
-                _poll: checks::start(self.clone(), key.clone()),
-            });
+            let shared_key = match state.groups.get_key_value(&key) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::new(key.clone()),
+            };
+            let group = state
+                .groups
+                .entry(shared_key.clone())
+                .or_insert_with(|| Group {
+                    store: store.clone(),
+                    secrets: HashMap::new(),
+                    last_error: None,
+                    _poll: checks::start(self.clone(), key.clone()),
+                });
             let store_version = store.version();
             group.store = store;
             if let Some(events) = &key.check.events
@@ -452,7 +490,7 @@ impl Watches {
                             watched
                                 .readers_of(&moved)
                                 .into_iter()
-                                .filter(|reader| reader != &es),
+                                .filter(|reader| reader != &*es),
                         );
                     }
                     // Read before the watch last learnt something: older news. A stage the watch knows
@@ -466,7 +504,7 @@ impl Watches {
                                 .entry(stage.clone())
                                 .or_insert_with(|| read.version_id.clone());
                             if *known != read.version_id {
-                                wake.push(es.clone());
+                                wake.push(ObjectRef::clone(&es));
                             }
                         }
                         watched
@@ -488,7 +526,7 @@ impl Watches {
                 recorded.push((read.key, read.version, read.version_id));
             }
             if let Some(old) = old {
-                let still_read = if old.group == key {
+                let still_read = if *old.group == key {
                     reading
                 } else {
                     BTreeSet::new()
@@ -499,7 +537,7 @@ impl Watches {
                 es,
                 Registration {
                     store: store_version,
-                    group: key,
+                    group: shared_key,
                     prefix,
                     reads: recorded,
                 },
@@ -523,7 +561,7 @@ impl Watches {
     pub fn retain(&self, live: impl Fn(&ObjectRef<ExternalSecret>) -> bool) {
         let mut state = self.lock();
         let state = &mut *state;
-        let gone: Vec<ObjectRef<ExternalSecret>> = state
+        let gone: Vec<Reader> = state
             .registrations
             .keys()
             .filter(|es| !live(es))
@@ -566,7 +604,7 @@ impl Watches {
 
 /// Takes an ExternalSecret's marks off the secrets of an old registration, except those in `still_read`.
 fn remove_reader(
-    groups: &mut HashMap<GroupKey, Group>,
+    groups: &mut HashMap<Arc<GroupKey>, Group>,
     es: &ObjectRef<ExternalSecret>,
     registration: &Registration,
     still_read: &BTreeSet<String>,

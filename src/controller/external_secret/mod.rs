@@ -190,28 +190,33 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
     .predicate_filter(predicates::generation, Default::default());
 
     // A store change syncs every ExternalSecret that uses it again, fed as the controller gets through them
-    // (the mappers hand nothing to the controller directly).
+    // (the mappers hand nothing to the controller directly). Not the stores listed at start: everything is
+    // synced then anyway.
     let (by_store, by_cluster_store) = (reader.clone(), reader.clone());
-    let (store_changes, cluster_store_changes) = (ctx.resyncs.clone(), ctx.resyncs.clone());
+    let (store_changes, cluster_store_changes) = (ctx.clone(), ctx.clone());
     let concurrency = ctx.concurrency;
     Controller::for_stream(external_secrets, reader)
         .owns_stream(owned)
         .watches_stream(stores, move |store: SecretStore| {
-            store_changes.request(referencing(
-                &by_store,
-                StoreKind::SecretStore,
-                &store.name_any(),
-                store.namespace().as_deref(),
-            ));
+            if *store_changes.caches_ready.borrow() {
+                store_changes.resyncs.request(referencing(
+                    &by_store,
+                    StoreKind::SecretStore,
+                    &store.name_any(),
+                    store.namespace().as_deref(),
+                ));
+            }
             None
         })
         .watches_stream(cluster_stores, move |store: ClusterSecretStore| {
-            cluster_store_changes.request(referencing(
-                &by_cluster_store,
-                StoreKind::ClusterSecretStore,
-                &store.name_any(),
-                None,
-            ));
+            if *cluster_store_changes.caches_ready.borrow() {
+                cluster_store_changes.resyncs.request(referencing(
+                    &by_cluster_store,
+                    StoreKind::ClusterSecretStore,
+                    &store.name_any(),
+                    None,
+                ));
+            }
             None
         })
         // Rotations found by the version watches.
