@@ -6,6 +6,7 @@ mod first_syncs;
 mod restart;
 mod resyncs;
 mod secret_store;
+mod secret_versions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,9 +20,8 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -36,6 +36,7 @@ use crate::target::{Applied, FIELD_MANAGER};
 use backoff::Backoff;
 use first_syncs::FirstSyncs;
 use resyncs::Resyncs;
+use secret_versions::SecretVersions;
 
 type StoreCacheWriters = (
     reflector::store::Writer<SecretStore>,
@@ -67,10 +68,8 @@ pub struct Context {
     concurrency: u16,
     /// Syncs of many ExternalSecrets at once, fed to the controller as it gets through them.
     resyncs: Arc<Resyncs>,
-    /// The metadata of the Secrets we manage, from the ExternalSecret controller's watch of them (which
-    /// takes the writer when it starts): a sync compares resourceVersions instead of reading its Secret.
-    owned_secrets: Store<PartialObjectMeta<Secret>>,
-    owned_secrets_writer: Mutex<Option<reflector::store::Writer<PartialObjectMeta<Secret>>>>,
+    /// The resourceVersions of the Secrets we manage, from the ExternalSecret controller's watch of them.
+    secret_versions: SecretVersions,
     /// When this process started.
     started: Timestamp,
     /// What this process last applied to each ExternalSecret's Secret.
@@ -113,7 +112,6 @@ impl Context {
         let (store_cache, store_writer) = reflector::store();
         let (cluster_store_cache, cluster_store_writer) = reflector::store();
         let (external_secret_cache, external_secret_cache_writer) = reflector::store();
-        let (owned_secrets, owned_secrets_writer) = reflector::store();
         Context {
             watches: Arc::new(Watches::new(
                 stores.clone(),
@@ -127,8 +125,7 @@ impl Context {
             first_syncs: Arc::new(FirstSyncs::new(external_secret_cache)),
             concurrency,
             resyncs: Arc::new(Resyncs::new(concurrency.into())),
-            owned_secrets,
-            owned_secrets_writer: Mutex::new(Some(owned_secrets_writer)),
+            secret_versions: SecretVersions::new(),
             applied: Mutex::default(),
             started: Timestamp::now(),
             store_cache,
@@ -217,11 +214,8 @@ impl Context {
             .expect("never poisoned")
             .get(key)?
             .clone();
-        let seen = self
-            .owned_secrets
-            .get(&ObjectRef::new(name).within(namespace))?;
-        (seen.resource_version().as_deref() == Some(applied.resource_version.as_str()))
-            .then_some(applied)
+        let seen = self.secret_versions.get(namespace, name)?;
+        (seen == applied.resource_version).then_some(applied)
     }
 
     /// Resolves once the caches have listed: they fill when the controller starts, and until they have
@@ -233,11 +227,7 @@ impl Context {
     /// Whether the cache of the Secrets we manage, listed and watching, holds none named `namespace/name`.
     /// Usually there is then none at all; someone else's or one we wrote a moment ago is not ruled out.
     fn manages_no_secret(&self, namespace: &str, name: &str) -> bool {
-        *self.caches_ready.borrow()
-            && self
-                .owned_secrets
-                .get(&ObjectRef::new(name).within(namespace))
-                .is_none()
+        *self.caches_ready.borrow() && self.secret_versions.get(namespace, name).is_none()
     }
 
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist

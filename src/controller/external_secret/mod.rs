@@ -127,27 +127,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
             })
             .applied_objects()
             .predicate_filter(changes, Default::default());
-    let owned_secrets_writer = ctx
-        .owned_secrets_writer
-        .lock()
-        .expect("never poisoned")
-        .take()
-        .expect("the ExternalSecret controller runs once");
-    // Metadata only: secret values never sit in the operator's cache. A sync compares resourceVersions and
-    // the controller follows owner references; the rest is dropped.
+    let versions = ctx.clone();
+    // Metadata only: secret values never reach the operator. A sync compares resourceVersions and the
+    // controller follows owner references; nothing else is kept.
     let owned = crate::controller::watch_stream(
         secrets,
         watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
     )
-    .modify(|secret| {
-        let metadata = &mut secret.metadata;
-        metadata.managed_fields = None;
-        metadata.labels = None;
-        metadata.annotations = None;
-        metadata.creation_timestamp = None;
-    })
-    .reflect(owned_secrets_writer)
     .inspect(move |event| {
+        if let Ok(event) = event {
+            versions.secret_versions.apply(event);
+        }
         if let Ok(watcher::Event::InitDone) = event
             && std::mem::replace(&mut owned_listed, true)
         {
@@ -163,17 +153,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
         .expect("the ExternalSecret controller runs once");
     // One task waits for the caches and tells every sync: kube's `Store::wait_until_ready` wakes only the
     // last task that waits on it, so syncs waiting there themselves stayed asleep.
-    let (store_cache, cluster_store_cache, owned_secrets) = (
-        ctx.store_cache.clone(),
-        ctx.cluster_store_cache.clone(),
-        ctx.owned_secrets.clone(),
-    );
+    let (store_cache, cluster_store_cache) =
+        (ctx.store_cache.clone(), ctx.cluster_store_cache.clone());
     let caches_ready = ctx.clone();
     tokio::spawn(async move {
         if store_cache.wait_until_ready().await.is_ok()
             && cluster_store_cache.wait_until_ready().await.is_ok()
-            && owned_secrets.wait_until_ready().await.is_ok()
         {
+            caches_ready.secret_versions.listed().await;
             caches_ready.caches_ready.send_replace(true);
         }
     });
