@@ -244,12 +244,13 @@ async fn main() {
     let (first_sync_reads, first_sync_values) = value_reads(&first_sync_calls);
     // Printed now as well: the rest of the run takes many minutes at 100,000.
     let first_sync_line = format!(
-        "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s); its {} writes (Secret + status each) take {:.1} s at the raw rate: {:.0}% of it; peak RSS so far {:.1} MiB",
+        "time to first full sync:    {:.1} s ({:.0} ExternalSecrets/s); its {} writes (Secret + status each) take {:.1} s at the raw rate: {:.0}% of it; operator CPU {:.1} s; peak RSS so far {:.1} MiB",
         first_sync.as_secs_f64(),
         n as f64 / first_sync.as_secs_f64(),
         2 * n,
         (2 * n) as f64 / raw_writes,
         100.0 * (2 * n) as f64 / raw_writes / first_sync.as_secs_f64(),
+        operator.cpu_seconds(),
         operator.rss_kib().1 as f64 / 1024.0
     );
     println!("{first_sync_line}");
