@@ -254,6 +254,11 @@ async fn main() {
         operator.rss_kib().1 as f64 / 1024.0
     );
     println!("{first_sync_line}");
+    println!(
+        "  its value calls: {first_sync_reads} (R/20 = {:.1}) reading {first_sync_values} values; API server requests: {}",
+        remotes as f64 / 20.0,
+        describe_requests(&first_sync_requests, 1.0)
+    );
     settle(&operator, Duration::from_secs(3)).await;
     let new_alone = new_external_secret(&t, "new-alone", &keys[0]).await;
     settle(&operator, Duration::from_secs(3)).await;
