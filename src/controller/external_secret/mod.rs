@@ -177,33 +177,28 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
     .predicate_filter(predicates::generation, Default::default());
 
     // A store change syncs every ExternalSecret that uses it again, fed as the controller gets through them
-    // (the mappers hand nothing to the controller directly). Not the stores listed at start: everything is
-    // synced then anyway.
-    let (by_store, by_cluster_store) = (reader.clone(), reader.clone());
+    // (the mappers hand nothing to the controller directly).
     let (store_changes, cluster_store_changes) = (ctx.clone(), ctx.clone());
+    let (by_store, by_cluster_store) = (reader.clone(), reader.clone());
     let concurrency = ctx.concurrency;
     Controller::for_stream(external_secrets, reader)
         .owns_stream(owned)
         .watches_stream(stores, move |store: SecretStore| {
-            if *store_changes.caches_ready.borrow() {
-                store_changes.resyncs.request(referencing(
-                    &by_store,
-                    StoreKind::SecretStore,
-                    &store.name_any(),
-                    store.namespace().as_deref(),
-                ));
-            }
+            store_changes.store_changed(
+                &by_store,
+                StoreKind::SecretStore,
+                &store.name_any(),
+                store.namespace().as_deref(),
+            );
             None
         })
         .watches_stream(cluster_stores, move |store: ClusterSecretStore| {
-            if *cluster_store_changes.caches_ready.borrow() {
-                cluster_store_changes.resyncs.request(referencing(
-                    &by_cluster_store,
-                    StoreKind::ClusterSecretStore,
-                    &store.name_any(),
-                    None,
-                ));
-            }
+            cluster_store_changes.store_changed(
+                &by_cluster_store,
+                StoreKind::ClusterSecretStore,
+                &store.name_any(),
+                None,
+            );
             None
         })
         // Rotations found by the version watches.
@@ -221,7 +216,24 @@ fn deleting(es: &ExternalSecret) -> Option<u64> {
     es.metadata.deletion_timestamp.as_ref().map(|_| 1)
 }
 
-/// The ExternalSecrets that use a store, so that a store change reaches them at once.
+impl Context {
+    /// Syncs again the ExternalSecrets in `cache` that use the store. Not for the stores listed at start:
+    /// everything is synced then anyway.
+    fn store_changed(
+        &self,
+        cache: &Store<ExternalSecret>,
+        kind: StoreKind,
+        name: &str,
+        namespace: Option<&str>,
+    ) {
+        if *self.caches_ready.borrow() {
+            self.resyncs
+                .request(referencing(cache, kind, name, namespace));
+        }
+    }
+}
+
+/// The ExternalSecrets that use a store.
 fn referencing(
     cache: &Store<ExternalSecret>,
     kind: StoreKind,
