@@ -5,12 +5,13 @@ would, and counts what it saw. Standard library only.
     fault-proxy.py --port P --upstream http://127.0.0.1:M
 
 Control (not forwarded):
-    POST /fault-proxy/mode   {"mode": "pass" | "refuse" | "blackhole" | "throttle"}
+    POST /fault-proxy/mode   {"mode": "pass" | "refuse" | "blackhole" | "throttle" | "slow"}
         refuse:    the connection is closed without an answer (AWS unreachable)
         blackhole: the connection is accepted and never answered, until the mode changes
         throttle:  Secrets Manager and SQS calls get 400 ThrottlingException; STS passes
         stale-list: ListSecrets answers stay what the first one after the switch said (a lagging listing);
                    everything else passes
+        slow:      Secrets Manager calls are forwarded after SLOW_SECONDS; STS passes at once
     GET  /fault-proxy/stats  {"mode": ..., "forwarded": n, "faulted": n, "faulted_by_action": {...}}
 """
 
@@ -18,12 +19,14 @@ import argparse
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 state = {"mode": "pass", "forwarded": 0, "faulted": 0, "faulted_by_action": {}, "frozen_list": None}
 lock = threading.Lock()
 mode_changed = threading.Condition(lock)
+SLOW_SECONDS = 0.3
 
 
 def action_of(headers, body):
@@ -69,7 +72,7 @@ class Handler(BaseHTTPRequestHandler):
         is_sts = self.headers.get("X-Amz-Target") is None
         with lock:
             mode = state["mode"]
-            if mode == "throttle" and is_sts:
+            if mode in ("throttle", "slow") and is_sts:
                 mode = "pass"
             if mode == "stale-list":
                 if action != "ListSecrets":
@@ -77,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
                 elif state["frozen_list"] is not None:
                     self.count_fault(action)
                     return self.answer(*state["frozen_list"])
-            if mode != "pass":
+            if mode not in ("pass", "slow"):
                 self.count_fault(action)
             if mode == "blackhole":
                 while state["mode"] == "blackhole":
@@ -87,6 +90,8 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "refuse":
             self.close_connection = True
             return
+        if mode == "slow":
+            time.sleep(SLOW_SECONDS)
         if mode == "throttle":
             answer = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
             self.send_response(400)

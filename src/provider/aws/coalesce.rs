@@ -195,13 +195,22 @@ async fn send_all(queue: SharedQueue) {
             Ok(read) => {
                 let mut answers: HashMap<String, Result<RemoteSecret>> = read.into_iter().collect();
                 for (key, waiters, late) in waiters.chain(late) {
-                    let answer = answers.get(&key).cloned().unwrap_or_else(|| {
-                        Err(Error::Provider {
+                    let answer = match answers.get(&key) {
+                        Some(answer) => answer.clone(),
+                        // A key read ahead is left unread when the batch is denied and only the asked keys
+                        // are read one by one: the first syncs that joined it ask again.
+                        None if late => {
+                            if !waiters.is_empty() {
+                                state.waiting.push((key, waiters));
+                            }
+                            continue;
+                        }
+                        None => Err(Error::Provider {
                             call: "BatchGetSecretValue",
                             key: Some(key.clone()),
                             detail: "the answer did not name this secret".into(),
-                        })
-                    });
+                        }),
+                    };
                     let answer = match answer {
                         Ok(secret) if late => Ok(read_before(&secret, started)),
                         other => other,
