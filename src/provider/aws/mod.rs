@@ -192,10 +192,15 @@ impl AwsSecretsManager {
                 Ok(chunk_read) => read.extend(chunk_read),
                 // A policy written for External Secrets Operator allows GetSecretValue only.
                 Err(Error::AccessDenied { .. }) => {
-                    let current = Version::parse(None);
-                    for key in chunk.iter().filter(|key| asked.contains(key)) {
-                        read.push((key.clone(), self.get_secret(key, &current).await));
-                    }
+                    let current = &Version::parse(None);
+                    let one_by_one =
+                        chunk
+                            .iter()
+                            .filter(|key| asked.contains(key))
+                            .map(|key| async move {
+                                (key.clone(), self.get_secret(key, current).await)
+                            });
+                    read.extend(futures::future::join_all(one_by_one).await);
                 }
                 Err(err) => return Err(err),
             }
