@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::IdentityKey;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::http::Response;
 use errors::{classify, classify_code, error_code};
 
@@ -42,6 +43,7 @@ const BATCH_LIMIT: usize = 20;
 /// Every store's configuration derives from it.
 pub async fn load_config() -> SdkConfig {
     aws_config::from_env()
+        .http_client(shared_https_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -51,6 +53,25 @@ pub async fn load_config() -> SdkConfig {
         )
         .load()
         .await
+}
+
+/// One HTTPS client, with its connection pool, for every store and identity. Without it the SDK makes one
+/// for each service client, and a sync makes three: each opened its own connections and parsed the
+/// system's root certificates again (a fifth of the operator's CPU in a first sync). Built as the SDK's
+/// default is: rustls with aws-lc, proxies from the environment.
+fn shared_https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::{Builder, Connector, proxy::ProxyConfig, tls};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = Connector::builder().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
