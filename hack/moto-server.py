@@ -10,9 +10,9 @@ AWS where our tests and benches depend on it:
 - BatchGetSecretValue also needs GetSecretValue on every secret it names, as on AWS. AWS answers a denied
   secret with a per-secret error; here the whole call is denied, which the operator handles the same way
   (it reads those secrets one by one).
-- A secret named by its name is found directly: moto scans every secret on each lookup (several per call),
-  which at the 100,000 bench's 25,000 secrets made moto, not the operator, what it measured. ARNs and
-  partial ARNs are still found by moto's scan.
+- A secret named by its name is found directly: moto scans every secret on each lookup (several per value
+  read), 0.5 ms a lookup at the 100,000 bench's 25,000 secrets. ARNs and partial ARNs are still found by
+  moto's scan.
 - The request recorder writes each entry under a lock: moto writes an entry and its newline in two calls, so
   concurrent requests could interleave and corrupt both lines, and tests count calls from that file."""
 
