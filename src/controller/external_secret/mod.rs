@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -144,7 +144,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
             relisted();
         }
     })
-    .touched_objects();
+    .touched_objects()
+    // Each apply of ours comes back from the watch; the sync that made it already knew what it holds.
+    .try_filter({
+        let ctx = ctx.clone();
+        move |secret| futures::future::ready(!ctx.our_last_apply(secret))
+    });
     let (store_writer, cluster_store_writer) = ctx
         .store_cache_writers
         .lock()
@@ -230,6 +235,29 @@ impl Context {
             self.resyncs
                 .request(referencing(cache, kind, name, namespace));
         }
+    }
+}
+
+impl Context {
+    /// Whether the Secret is at the resourceVersion that our last apply for its owner returned.
+    fn our_last_apply(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let owner = secret
+            .owner_references()
+            .iter()
+            .find(|owner| owner.controller == Some(true) && owner.kind == "ExternalSecret");
+        let (Some(owner), Some(namespace), Some(version)) = (
+            owner,
+            secret.namespace(),
+            secret.metadata.resource_version.as_deref(),
+        ) else {
+            return false;
+        };
+        let es = ObjectRef::<ExternalSecret>::new(&owner.name).within(&namespace);
+        self.applied
+            .lock()
+            .expect("never poisoned")
+            .get(&ref_key(&es))
+            .is_some_and(|applied| applied.resource_version == version)
     }
 }
 
