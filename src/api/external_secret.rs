@@ -128,8 +128,9 @@ pub struct ExternalSecretTarget {
     /// Write the Secret as immutable; a later change of its data is reported, not forced.
     #[serde(default)]
     pub immutable: bool,
+    // Boxed: most ExternalSecrets have none, and the cache holds every ExternalSecret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<SecretTemplate>,
+    pub template: Option<Box<SecretTemplate>>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

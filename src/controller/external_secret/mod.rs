@@ -236,9 +236,7 @@ impl Context {
                 .request(referencing(cache, kind, name, namespace));
         }
     }
-}
 
-impl Context {
     /// Whether the Secret is at the resourceVersion that our last apply for its owner returned.
     fn our_last_apply(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let owner = secret

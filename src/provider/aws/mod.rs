@@ -57,8 +57,8 @@ pub async fn load_config() -> SdkConfig {
 
 /// One HTTPS client, with its connection pool, for every store and identity. Without it the SDK makes one
 /// for each service client, and a sync makes three: each opened its own connections and parsed the
-/// system's root certificates again (a fifth of the operator's CPU in a first sync). Built as the SDK's
-/// default is: rustls with aws-lc, proxies from the environment.
+/// system's root certificates again (about a fifth of the operator's CPU in a first sync at 10,000).
+/// Built as the SDK's default is: rustls with aws-lc, proxies from the environment.
 fn shared_https_client() -> SharedHttpClient {
     use aws_smithy_http_client::{Builder, Connector, proxy::ProxyConfig, tls};
     Builder::new().build_with_connector_fn(|settings, components| {
