@@ -65,35 +65,24 @@ async fn settle(operator: &Operator, quiet: Duration) {
 /// 32 writers, per second. They are deleted afterwards.
 async fn raw_write_rate(t: &TestContext, count: usize) -> f64 {
     let secrets = t.secrets();
-    let started = Instant::now();
-    stream::iter(0..count)
-        .map(|i| {
-            let secrets = secrets.clone();
-            async move {
-                let secret = json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": format!("raw-{i:06}"), "labels": {"bench-raw": "true"}},
-                    "data": {"value": "djAtMA=="},
-                });
-                secrets
-                    .patch(
-                        &format!("raw-{i:06}"),
-                        &PatchParams::apply("bench"),
-                        &Patch::Apply(&secret),
-                    )
-                    .await
-                    .expect("apply a Secret");
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let names: Vec<String> = (0..count).map(|i| format!("raw-{i:06}")).collect();
+    let rate = writes_per_second(&names, |name| {
+        let secrets = secrets.clone();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"bench-raw": "true"}},
+            "data": {"value": "djAtMA=="},
+        });
+        async move {
+            secrets
+                .patch(name, &PatchParams::apply("bench"), &Patch::Apply(&secret))
+                .await
+                .expect("apply a Secret");
+        }
+    })
+    .await;
     secrets
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench-raw=true"),
-        )
+        .delete_collection(&DeleteParams::default(), &raw_objects())
         .await
         .expect("delete the raw Secrets");
     rate
@@ -115,48 +104,60 @@ async fn raw_status_rate(t: &TestContext, count: usize) -> f64 {
         }),
     );
     let external_secrets = t.external_secrets();
-    let started = Instant::now();
-    stream::iter(&names)
-        .map(|name| {
-            let external_secrets = external_secrets.clone();
-            let status = json!({
-                "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
-                "status": {
-                    "binding": {"name": name},
-                    "conditions": [{
-                        "type": "Ready", "status": "True", "reason": "SecretSynced",
-                        "message": format!("Secret {name:?} is in sync"), "observedGeneration": 1,
-                        "lastTransitionTime": "2026-01-01T00:00:00Z",
-                    }],
-                    "propagatedDataHash": "0".repeat(64),
-                    "refreshTime": "2026-01-01T00:00:00Z",
-                    "syncedResourceVersion": "1-0000000000000000",
-                    "syncedVersions": {t.remote_key("raw"): "00000000-0000-0000-0000-000000000000"},
-                },
-            });
-            async move {
-                external_secrets
-                    .patch_status(
-                        name,
-                        &PatchParams::apply("bench").force(),
-                        &Patch::Apply(&status),
-                    )
-                    .await
-                    .expect("apply an ExternalSecret status");
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let rate = writes_per_second(&names, |name| {
+        let external_secrets = external_secrets.clone();
+        let status = json!({
+            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+            "status": {
+                "binding": {"name": name},
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "SecretSynced",
+                    "message": format!("Secret {name:?} is in sync"), "observedGeneration": 1,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }],
+                "propagatedDataHash": "0".repeat(64),
+                "refreshTime": "2026-01-01T00:00:00Z",
+                "syncedResourceVersion": "1-0000000000000000",
+                "syncedVersions": {t.remote_key("raw"): "00000000-0000-0000-0000-000000000000"},
+            },
+        });
+        async move {
+            external_secrets
+                .patch_status(
+                    name,
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(&status),
+                )
+                .await
+                .expect("apply an ExternalSecret status");
+        }
+    })
+    .await;
     external_secrets
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench-raw=true"),
-        )
+        .delete_collection(&DeleteParams::default(), &raw_objects())
         .await
         .expect("delete the raw ExternalSecrets");
     rate
+}
+
+/// The objects made only to measure the raw rates.
+fn raw_objects() -> ListParams {
+    ListParams::default().labels("bench-raw=true")
+}
+
+/// Runs `write` for every name, 32 at a time, and returns the writes per second.
+async fn writes_per_second<'a, F, Fut>(names: &'a [String], write: F) -> f64
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    stream::iter(names)
+        .map(|name| write(name))
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    names.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 /// One of the bench's ExternalSecrets: `key`'s value as `value`, on the bench's store.
