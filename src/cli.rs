@@ -43,8 +43,6 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crds,
-    /// Rewrite External Secrets Operator manifests as secretsync ones (YAML on stdout). What could not be
-    /// converted is listed on stderr, and the exit status is then 3.
     /// Resolve a store's credentials as the operator would, and report the identity, the region and
     /// whether a key can be read. Exit status 1 when something failed.
     Check {
@@ -54,6 +52,8 @@ pub enum Command {
         #[arg(long, env = "SECRETSYNC_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
     },
+    /// Rewrite External Secrets Operator manifests as secretsync ones (YAML on stdout). What could not be
+    /// converted is listed on stderr, and the exit status is then 3.
     Convert {
         /// A YAML file of one or more documents; `-` (the default) reads standard input.
         #[arg(default_value = "-")]

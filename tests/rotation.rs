@@ -49,6 +49,9 @@ async fn synced_versions(t: &TestContext, name: &str) -> BTreeMap<String, String
         .status
         .unwrap_or_default()
         .synced_versions
+        .iter()
+        .map(|(key, id)| (key.clone(), id.clone()))
+        .collect()
 }
 
 /// The value of one metric series, as the operator's /metrics shows it.

@@ -172,7 +172,7 @@ async fn first_sync_writes_owned_secret_and_status() {
         .find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT"))
         .unwrap()
         .0;
-    assert_eq!(status.synced_versions[&db], current);
+    assert_eq!(status.synced_versions.get(&db), Some(&current));
     assert_eq!(status.synced_versions.len(), 3);
     let condition = &t
         .external_secrets()

@@ -385,12 +385,77 @@ pub struct ExternalSecretStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<SecretBinding>,
     /// Remote key → AWS VersionId that was written.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub synced_versions: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "SyncedVersions::is_empty")]
+    pub synced_versions: SyncedVersions,
     /// Keyed hash of the data this ExternalSecret wrote that the workloads using the Secret were restarted
     /// for (or found with). When the Secret holds other data of ours, restarts are still owed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagated_data_hash: Option<String>,
+}
+
+/// A map in the API, kept as a list sorted by key: nearly every ExternalSecret has one entry, and a
+/// `BTreeMap`'s first node has room for eleven, about 550 bytes in each cached ExternalSecret.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(from = "BTreeMap<String, String>")]
+pub struct SyncedVersions(Vec<(String, String)>);
+
+impl SyncedVersions {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|at| &self.0[at].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(key, id)| (key, id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl From<BTreeMap<String, String>> for SyncedVersions {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        let mut list: Vec<_> = map.into_iter().collect();
+        list.shrink_to_fit();
+        SyncedVersions(list)
+    }
+}
+
+impl FromIterator<(String, String)> for SyncedVersions {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        BTreeMap::from_iter(iter).into()
+    }
+}
+
+impl Serialize for SyncedVersions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl JsonSchema for SyncedVersions {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <BTreeMap<String, String>>::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <BTreeMap<String, String>>::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -3,6 +3,7 @@
 mod backoff;
 mod external_secret;
 mod first_syncs;
+mod refreshes;
 mod restart;
 mod resyncs;
 mod secret_store;
@@ -35,6 +36,7 @@ use crate::store::Stores;
 use crate::target::{Applied, FIELD_MANAGER};
 use backoff::Backoff;
 use first_syncs::FirstSyncs;
+use refreshes::Refreshes;
 use resyncs::Resyncs;
 use secret_versions::SecretVersions;
 
@@ -47,6 +49,25 @@ type StoreCacheWriters = (
 struct LastSync {
     at: Timestamp,
     synced_resource_version: String,
+}
+
+/// What this process keeps for one ExternalSecret, in one entry rather than one map each: there is one for
+/// every ExternalSecret.
+#[derive(Default)]
+struct Kept {
+    /// Its last successful sync by this process. Status says the same, but the watch cache can lag behind our
+    /// own status write, and a refresh that changed nothing writes no status.
+    last_sync: Option<LastSync>,
+    /// Its `status.propagatedDataHash` as this process last wrote it, for the same reason.
+    propagated: Option<String>,
+    /// What this process last applied to its Secret.
+    applied: Option<Applied>,
+}
+
+impl Kept {
+    fn is_empty(&self) -> bool {
+        self.last_sync.is_none() && self.propagated.is_none() && self.applied.is_none()
+    }
 }
 
 pub struct Context {
@@ -68,12 +89,14 @@ pub struct Context {
     concurrency: u16,
     /// Syncs of many ExternalSecrets at once, fed to the controller as it gets through them.
     resyncs: Arc<Resyncs>,
+    /// When each ExternalSecret syncs again by itself.
+    refreshes: Arc<Refreshes>,
     /// The resourceVersions of the Secrets we manage, from the ExternalSecret controller's watch of them.
     secret_versions: SecretVersions,
     /// When this process started.
     started: Timestamp,
-    /// What this process last applied to each ExternalSecret's Secret.
-    applied: Mutex<HashMap<String, Applied>>,
+    /// What this process keeps for each ExternalSecret, by `key`.
+    kept: Mutex<HashMap<String, Kept>>,
     /// The stores ExternalSecrets name, from the ExternalSecret controller's watches of them: a sync
     /// looks its store up here, not with a request.
     store_cache: Store<SecretStore>,
@@ -87,11 +110,6 @@ pub struct Context {
     pub backoff: Backoff,
     /// How often stores re-check their credentials when they do not say.
     pub store_refresh: Duration,
-    /// Each ExternalSecret's last successful sync by this process. Status says the same, but the watch cache
-    /// can lag behind our own status write, and a refresh that changed nothing writes no status.
-    last_sync: Mutex<HashMap<String, LastSync>>,
-    /// Each ExternalSecret's `status.propagatedDataHash` as this process last wrote it, for the same reason.
-    propagated: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -125,8 +143,9 @@ impl Context {
             first_syncs: Arc::new(FirstSyncs::new(external_secret_cache)),
             concurrency,
             resyncs: Arc::new(Resyncs::new(concurrency.into())),
+            refreshes: Arc::default(),
             secret_versions: SecretVersions::new(),
-            applied: Mutex::default(),
+            kept: Mutex::default(),
             started: Timestamp::now(),
             store_cache,
             cluster_store_cache,
@@ -139,81 +158,80 @@ impl Context {
             hasher,
             backoff: Backoff::default(),
             store_refresh,
-            last_sync: Mutex::default(),
-            propagated: Mutex::default(),
         }
     }
 
-    fn synced(&self, key: String, synced_resource_version: String) {
+    /// Reads what is kept for `key`.
+    fn kept<T>(&self, key: &str, read: impl FnOnce(&Kept) -> Option<T>) -> Option<T> {
+        self.kept
+            .lock()
+            .expect("never poisoned")
+            .get(key)
+            .and_then(read)
+    }
+
+    /// Changes what is kept for `key`; an entry left with nothing is dropped.
+    fn keep(&self, key: &str, change: impl FnOnce(&mut Kept)) {
+        let mut kept = self.kept.lock().expect("never poisoned");
+        match kept.get_mut(key) {
+            Some(entry) => {
+                change(entry);
+                if entry.is_empty() {
+                    kept.remove(key);
+                }
+            }
+            None => {
+                let mut entry = Kept::default();
+                change(&mut entry);
+                if !entry.is_empty() {
+                    kept.insert(key.to_string(), entry);
+                }
+            }
+        }
+    }
+
+    fn synced(&self, key: &str, synced_resource_version: String) {
         let last = LastSync {
             at: Timestamp::now(),
             synced_resource_version,
         };
-        self.last_sync
-            .lock()
-            .expect("never poisoned")
-            .insert(key, last);
+        self.keep(key, |kept| kept.last_sync = Some(last));
     }
 
     fn last_sync(&self, key: &str) -> Option<LastSync> {
-        self.last_sync
-            .lock()
-            .expect("never poisoned")
-            .get(key)
-            .cloned()
+        self.kept(key, |kept| kept.last_sync.clone())
     }
 
     fn forget_sync(&self, key: &str) {
-        self.last_sync.lock().expect("never poisoned").remove(key);
+        self.keep(key, |kept| kept.last_sync = None);
     }
 
     fn propagated(&self, key: &str) -> Option<String> {
-        self.propagated
-            .lock()
-            .expect("never poisoned")
-            .get(key)
-            .cloned()
+        self.kept(key, |kept| kept.propagated.clone())
     }
 
-    fn set_propagated(&self, key: String, data_hash: String) {
-        self.propagated
-            .lock()
-            .expect("never poisoned")
-            .insert(key, data_hash);
+    fn set_propagated(&self, key: &str, data_hash: String) {
+        self.keep(key, |kept| kept.propagated = Some(data_hash));
     }
 
-    fn forget_propagated(&self, key: &str) {
-        self.propagated.lock().expect("never poisoned").remove(key);
+    fn set_applied(&self, key: &str, applied: Applied) {
+        self.keep(key, |kept| kept.applied = Some(applied));
     }
 
-    fn set_applied(&self, key: String, applied: Applied) {
-        self.applied
-            .lock()
-            .expect("never poisoned")
-            .insert(key, applied);
-    }
-
-    fn forget_applied(&self, key: &str) {
-        self.applied.lock().expect("never poisoned").remove(key);
+    fn forget_kept(&self, key: &str) {
+        self.kept.lock().expect("never poisoned").remove(key);
     }
 
     /// Whether this process has applied the ExternalSecret's Secret (the watch may not show it yet).
     fn has_applied(&self, key: &str) -> bool {
-        self.applied
-            .lock()
-            .expect("never poisoned")
-            .contains_key(key)
+        self.kept(key, |kept| kept.applied.as_ref().map(|_| ()))
+            .is_some()
     }
 
     /// What our last apply left in the Secret `namespace/name`, if the watch still sees it at the version
     /// that apply returned: then it holds exactly that.
     fn unchanged_since_applied(&self, key: &str, namespace: &str, name: &str) -> Option<Applied> {
-        let applied = self
-            .applied
-            .lock()
-            .expect("never poisoned")
-            .get(key)?
-            .clone();
+        let applied = self.kept(key, |kept| kept.applied.clone())?;
         let seen = self.secret_versions.get(namespace, name)?;
         (seen == applied.resource_version).then_some(applied)
     }
@@ -233,15 +251,7 @@ impl Context {
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist
     /// can miss a deletion, and nothing may grow with objects that are gone.
     fn retain(&self, live: impl Fn(&str) -> bool) {
-        self.last_sync
-            .lock()
-            .expect("never poisoned")
-            .retain(|key, _| live(key));
-        self.propagated
-            .lock()
-            .expect("never poisoned")
-            .retain(|key, _| live(key));
-        self.applied
+        self.kept
             .lock()
             .expect("never poisoned")
             .retain(|key, _| live(key));

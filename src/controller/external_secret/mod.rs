@@ -186,7 +186,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
     let (store_changes, cluster_store_changes) = (ctx.clone(), ctx.clone());
     let (by_store, by_cluster_store) = (reader.clone(), reader.clone());
     let concurrency = ctx.concurrency;
-    Controller::for_stream(external_secrets, reader)
+    let refreshes = ctx.refreshes.clone().feed(ctx.resyncs.clone());
+    let controller = Controller::for_stream(external_secrets, reader)
         .owns_stream(owned)
         .watches_stream(stores, move |store: SecretStore| {
             store_changes.store_changed(
@@ -212,8 +213,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    // The refreshes are fed for as long as the controller runs.
+    tokio::select! {
+        () = controller => {}
+        () = refreshes => {}
+    }
 }
 
 /// A deletion must reach the finalizer even where it changes nothing else.
@@ -251,11 +256,12 @@ impl Context {
             return false;
         };
         let es = ObjectRef::<ExternalSecret>::new(&owner.name).within(&namespace);
-        self.applied
-            .lock()
-            .expect("never poisoned")
-            .get(&ref_key(&es))
-            .is_some_and(|applied| applied.resource_version == version)
+        self.kept(&ref_key(&es), |kept| {
+            kept.applied
+                .as_ref()
+                .map(|applied| applied.resource_version == version)
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -382,7 +388,7 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
     ctx.metrics
         .reconcile_duration(CONTROLLER, started.elapsed().as_secs_f64());
     let action = match result {
-        Ok(Synced::UpToDate(wait)) => Ok(requeue(wait)),
+        Ok(Synced::UpToDate(wait)) => Ok(sync_again(&ctx, &es, wait)),
         Ok(Synced::Written {
             written,
             versions,
@@ -393,19 +399,19 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
             ctx.metrics.sync(&namespace, &es.name_any(), true);
             record_success(&es, &ctx, &namespace, written, versions, propagated.clone()).await?;
             if let Some(propagated) = propagated {
-                ctx.set_propagated(key(&es), propagated);
+                ctx.set_propagated(&key(&es), propagated);
             }
             // Only once the status says so: a sync whose status write failed is not done.
             if full_sync {
-                ctx.synced(key(&es), synced_resource_version(&es));
+                ctx.synced(&key(&es), synced_resource_version(&es));
                 ctx.first_syncs.done(&es);
             }
-            Ok(requeue(wait))
+            Ok(sync_again(&ctx, &es, wait))
         }
         Ok(Synced::Gone { cleanup, error }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), false);
             record_gone(&es, &ctx, &namespace, cleanup, &error).await?;
-            Ok(requeue(next_refresh(&es, refresh)))
+            Ok(sync_again(&ctx, &es, next_refresh(&es, refresh)))
         }
         Err(err) => {
             ctx.forget_sync(&key(&es));
@@ -422,8 +428,10 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
             if err.is_transient() {
                 return Err(err);
             }
-            Ok(Action::requeue(
-                refresh.map_or(PERMANENT_RETRY, |r| r.min(PERMANENT_RETRY)),
+            Ok(sync_again(
+                &ctx,
+                &es,
+                Some(refresh.map_or(PERMANENT_RETRY, |r| r.min(PERMANENT_RETRY))),
             ))
         }
     };
@@ -448,11 +456,10 @@ impl Context {
     fn forget(&self, es: &ExternalSecret) {
         self.metrics
             .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
-        self.forget_sync(&key(es));
-        self.forget_propagated(&key(es));
-        self.forget_applied(&key(es));
+        self.forget_kept(&key(es));
         self.backoff.reset(&key(es));
         self.watches.forget(&object_ref(es));
+        self.refreshes.schedule(object_ref(es), None);
         self.first_syncs.done(es);
     }
 }
@@ -466,6 +473,7 @@ impl Context {
         let keys: HashSet<String> = live.iter().map(ref_key).collect();
         self.retain(|key| keys.contains(key));
         self.watches.retain(|es| live.contains(es));
+        self.refreshes.retain(|es| live.contains(es));
         for (namespace, name) in self.metrics.external_secrets_with_series() {
             if !live.contains(&ObjectRef::new(&name).within(&namespace)) {
                 self.metrics.forget_external_secret(&namespace, &name);
@@ -496,8 +504,10 @@ fn ref_key(es: &ObjectRef<ExternalSecret>) -> String {
     )
 }
 
-fn requeue(after: Option<Duration>) -> Action {
-    after.map_or_else(Action::await_change, Action::requeue)
+/// When it syncs again by itself, `None` for never: kept in `Refreshes`, not the controller's scheduler.
+fn sync_again(ctx: &Context, es: &ExternalSecret, after: Option<Duration>) -> Action {
+    ctx.refreshes.schedule(object_ref(es), after);
+    Action::await_change()
 }
 
 async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Synced> {
@@ -558,7 +568,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     {
         if restart_workloads(es, ctx, namespace, &current, &[]).await {
             record_propagated(es, ctx, namespace, &current).await?;
-            ctx.set_propagated(key(es), current.clone());
+            ctx.set_propagated(&key(es), current.clone());
             propagated = Some(current);
         } else {
             restarts_owed = true;
@@ -670,7 +680,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
                     target::write(&secrets, es, desired, before.as_ref()).await?
                 }
             };
-            ctx.set_applied(key(es), applied);
+            ctx.set_applied(&key(es), applied);
             written
         }
     };

@@ -48,7 +48,7 @@ pub(super) async fn record_success(
     );
     status.synced_resource_version = Some(synced_resource_version(es));
     status.binding = binding;
-    status.synced_versions = versions;
+    status.synced_versions = versions.into();
     status.propagated_data_hash = propagated;
     ctx.metrics
         .external_secret_ready(namespace, &es.name_any(), None);
