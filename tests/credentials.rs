@@ -210,6 +210,64 @@ async fn store_service_account_web_identity_makes_one_session() {
             .all(|r| role_keys.contains(r.access_key.as_ref().unwrap()))
     );
     assert!(!operator.log().contains(token.as_str()));
+    // The ServiceAccount is watched: ten syncs read it from memory.
+    let requests = operator.api_requests().await;
+    assert_eq!(requests.get("get serviceaccounts"), None, "{requests:?}");
+}
+
+/// A store's credentials Secret is watched, not read for every sync, and new keys put in it are used from
+/// then on.
+#[tokio::test]
+async fn static_keys_come_from_a_watch_and_follow_their_secret() {
+    let t = TestContext::new("keys-watched").await;
+    let (first_id, first_secret) = t.create_user("first", &["read-policy.json"]).await;
+    let (second_id, second_secret) = t.create_user("second", &["read-policy.json"]).await;
+    let keys = |id: &str, secret: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-keys"},
+               "stringData": {"id": id, "secret": secret}})
+        .to_string()
+    };
+    t.apply_yaml(&keys(&first_id, &first_secret)).await;
+    let key = t.create_remote("db", "v1").await;
+    t.apply_yaml(&store(
+        "SecretStore",
+        "team",
+        json!({"auth": {"secretRef": {
+            "accessKeyIDSecretRef": {"name": "aws-keys", "key": "id"},
+            "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret"},
+        }}}),
+    ))
+    .await;
+    let operator = t.start_operator();
+    sync_twice(&t, "team", &key, 5).await;
+    let requests = operator.api_requests().await;
+    // The syncs read their own target Secrets, at most once each: ten. Reading the two keys for each of the
+    // ten syncs added twenty.
+    let secret_reads = requests.get("get secrets").copied().unwrap_or(0.0);
+    assert!(secret_reads <= 10.0, "{requests:?}");
+    assert!(
+        value_reads(&key)
+            .iter()
+            .all(|r| r.access_key.as_deref() == Some(first_id.as_str()))
+    );
+
+    t.apply_yaml(&keys(&second_id, &second_secret)).await;
+    let mut forced = 1;
+    wait_for("a read with the new keys", TIMEOUT, || {
+        forced += 1;
+        let forced = forced.to_string();
+        let (t, key, second_id) = (&t, &key, &second_id);
+        async move {
+            t.force_sync("app-0", &forced).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            value_reads(key)
+                .iter()
+                .any(|r| r.access_key.as_deref() == Some(second_id.as_str()))
+                .then_some(())
+                .ok_or("no read with them yet")
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -738,6 +796,11 @@ async fn cluster_store_conditions_and_tenant_sessions() {
     assert!(message.starts_with("StoreNotAllowed: "), "{message}");
     assert!(message.contains(&c.namespace), "{message}");
     assert!(c.secret_data("app").await.is_none());
+    // Namespaces' labels come from a watch: the one Namespace read is the operator's own, at start.
+    for operator in &operators {
+        let requests = operator.api_requests().await;
+        assert_eq!(requests.get("get namespaces"), Some(&1.0), "{requests:?}");
+    }
 
     // Its sessions are per namespace, so the store-level check does not assume the role on its own.
     let stores: kube::Api<secretsync::api::ClusterSecretStore> = kube::Api::all(a.client.clone());

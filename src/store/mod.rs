@@ -3,13 +3,14 @@
 
 mod identity;
 mod namespaces;
+mod referenced;
 
 use std::sync::Arc;
 
 use aws_config::{Region, SdkConfig};
 use aws_credential_types::Credentials;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -25,6 +26,8 @@ use crate::provider::aws::{AwsSecretsManager, SharedReads};
 use crate::provider::fake::FakeProvider;
 use identity::{Identities, Source};
 pub use identity::{IdentityKey, Plan};
+use namespaces::NamespaceLabels;
+use referenced::Referenced;
 
 /// The ServiceAccount annotation that names the role of its web identity, as IRSA uses it.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
@@ -60,11 +63,18 @@ pub struct Stores {
     metrics: Arc<Metrics>,
     identities: Identities,
     shared_reads: Arc<SharedReads>,
+    /// Credentials Secrets and ServiceAccounts that stores name.
+    secrets: Referenced<Secret>,
+    service_accounts: Referenced<ServiceAccount>,
+    namespace_labels: NamespaceLabels,
 }
 
 impl Stores {
     pub fn new(client: Client, aws: SdkConfig, metrics: Arc<Metrics>) -> Self {
         Stores {
+            secrets: Referenced::new(client.clone()),
+            service_accounts: Referenced::new(client.clone()),
+            namespace_labels: NamespaceLabels::new(client.clone()),
             client,
             aws,
             metrics,
@@ -81,11 +91,7 @@ impl Stores {
     ) -> Result<()> {
         let conditions = &store.spec.conditions;
         let labels = if namespaces::needs_labels(conditions) {
-            Api::<Namespace>::all(self.client.clone())
-                .get_opt(namespace)
-                .await?
-                .map(|ns| ns.labels().clone())
-                .unwrap_or_default()
+            self.namespace_labels.get(namespace).await?
         } else {
             Default::default()
         };
@@ -232,22 +238,25 @@ impl Stores {
             name: selector.name.clone(),
             problem,
         };
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get_opt(&selector.name)
+        let secret = self
+            .secrets
+            .get(namespace, &selector.name)
             .await?
             .ok_or_else(|| problem("not found".into()))?;
         let value = secret
             .data
-            .and_then(|mut data| data.remove(&selector.key))
+            .as_ref()
+            .and_then(|data| data.get(&selector.key))
             .ok_or_else(|| problem(format!("has no key {:?}", selector.key)))?;
-        String::from_utf8(value.0)
+        String::from_utf8(value.0.clone())
             .map(|v| v.trim().to_string())
             .map_err(|_| problem(format!("key {:?} is not UTF-8", selector.key)))
     }
 
     async fn service_account_role(&self, namespace: &str, name: &str) -> Result<String> {
-        let account = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
+        let account = self
+            .service_accounts
+            .get(namespace, name)
             .await?
             .ok_or_else(|| Error::ServiceAccountNotFound {
                 namespace: namespace.to_string(),
