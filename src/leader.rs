@@ -15,6 +15,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::task::AbortOnDrop;
+
 /// How long a lease holds without renewal: a crashed leader is replaced within this time.
 const LEASE_DURATION_SECONDS: u64 = 15;
 /// The holder renews this long before its lease would expire.
@@ -102,14 +104,6 @@ impl Leadership {
             Ok(Err(err)) => tracing::warn!(error = %err, "leader lease task failed"),
             Err(_) => tracing::warn!(lease = %self.lease, "timed out releasing the leader lease"),
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -19,6 +19,7 @@ pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod target;
+pub mod task;
 pub mod telemetry;
 pub mod template;
 

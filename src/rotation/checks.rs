@@ -11,12 +11,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 
-use super::{AbortOnDrop, Detection, GroupKey, StoreHandle, Watches, strategy_label};
+use super::{Detection, GroupKey, StoreHandle, Watches, strategy_label};
 use crate::api::{ClusterSecretStore, SecretStore, StoreKind, VersionCheckStrategy};
 use crate::error::{Error, Result};
 use crate::provider::aws::AwsSecretsManager;
 use crate::provider::aws::events::{QueueMessage, SecretEvent, name_in_arn};
 use crate::provider::{Provider, SecretProvider, Version};
+use crate::task::AbortOnDrop;
 
 /// DescribeSecret checks in flight at once for one group.
 const DESCRIBE_CONCURRENCY: usize = 8;

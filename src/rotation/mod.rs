@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::provider::aws::{AwsSecretsManager, ReadAhead};
 use crate::provider::{Provider, RemoteSecret, SecretProvider, Version};
 use crate::store::{IdentityKey, StoreScope, Stores};
+use crate::task::AbortOnDrop;
 
 /// Watches of one identity with one check configuration.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -181,14 +182,6 @@ struct Group {
     /// The last check failure reported, so that a failing check is reported once, not every interval.
     last_error: Option<String>,
     _poll: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 struct Registration {

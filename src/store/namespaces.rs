@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::api::ClusterSecretStoreCondition;
 use crate::error::{Error, Result};
+use crate::task::AbortOnDrop;
 
 /// How long reads wait for the watch's initial list, from its start, before reading the Namespace itself.
 const LISTED_WITHIN: Duration = Duration::from_secs(5);
@@ -34,13 +35,7 @@ struct Watch {
     labels: Arc<Mutex<HashMap<String, Labels>>>,
     listed: watch::Receiver<bool>,
     started: Instant,
-    task: tokio::task::AbortHandle,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDrop,
 }
 
 impl NamespaceLabels {
@@ -108,7 +103,7 @@ impl NamespaceLabels {
             labels,
             listed,
             started: Instant::now(),
-            task: task.abort_handle(),
+            _task: AbortOnDrop(task.abort_handle()),
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::task::AbortOnDrop;
 
 /// How long reads wait for a watch's initial list, from its start, before reading the object itself.
 const LISTED_WITHIN: Duration = Duration::from_secs(5);
@@ -33,14 +34,6 @@ struct Watched<K> {
     started: Instant,
     used: Instant,
     _task: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl<K> Referenced<K>
