@@ -426,15 +426,7 @@ impl SyncedVersions {
 
 impl From<BTreeMap<String, String>> for SyncedVersions {
     fn from(map: BTreeMap<String, String>) -> Self {
-        let mut list: Vec<_> = map.into_iter().collect();
-        list.shrink_to_fit();
-        SyncedVersions(list)
-    }
-}
-
-impl FromIterator<(String, String)> for SyncedVersions {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        BTreeMap::from_iter(iter).into()
+        SyncedVersions(map.into_iter().collect())
     }
 }
 
