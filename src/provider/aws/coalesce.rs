@@ -6,10 +6,10 @@
 //! A refresh or a rotation joins only reads not yet sent: its answer was read after it was asked for, so a
 //! sync never gets a version older than one its version watch knew of before it asked. A first sync has no
 //! such watch yet: a call with room also carries what first syncs about to start will need (read-ahead),
-//! and a first sync takes a value read shortly before it asked, with the time that read started, by which
-//! the version watch judges it.
+//! and a first sync takes a value read before it asked, with the time that read started, by which the
+//! version watch judges it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,15 +17,22 @@ use tokio::sync::oneshot;
 
 use super::{AwsSecretsManager, BATCH_LIMIT};
 use crate::error::{Error, Result};
-use crate::provider::RemoteSecret;
+use crate::provider::{RemoteSecret, RemoteValue};
 use crate::store::IdentityKey;
 
 /// How long a read waits, when none is under way, for others to join it.
 const GATHER: Duration = Duration::from_millis(20);
-/// How long a value read for a first sync not yet started waits for it. Syncs start in about the order the
-/// watch listed them, not exactly, and a first sync of 10,000 takes over a minute: a value must outlast the
-/// wait for its ExternalSecret's turn, or it is read again.
-const READ_AHEAD_KEPT: Duration = Duration::from_secs(120);
+/// How long a value read for a first sync not yet started waits for it. The controller does not start syncs
+/// in the order the watch listed them, and a first sync of 100,000 takes many minutes: a value must outlast
+/// the wait for its ExternalSecret's turn, or it is read again. The first sync that takes it registers it
+/// with its version watch, which serves the others, so a value leaves soon after it is taken; this bounds
+/// the rest (an ExternalSecret deleted or changed before its turn).
+const READ_AHEAD_KEPT: Duration = Duration::from_secs(30 * 60);
+/// The bytes of values read ahead and not yet taken, per queue; past it, calls carry only what was asked.
+/// The first syncs not read ahead for then read their own values, still together.
+const READ_AHEAD_BYTES: usize = 64 << 20;
+/// How long a value read ahead stays once a first sync took it (see `ReadAheadValues::take`).
+const TAKEN_KEPT: Duration = Duration::from_secs(30);
 
 /// The keys that first syncs about to start will read, so that a call with room carries them too.
 pub trait ReadAhead: Send + Sync {
@@ -50,8 +57,8 @@ struct Queue {
     waiting: Vec<(String, Vec<oneshot::Sender<Answer>>)>,
     /// The keys of the call under way, with the first syncs that asked for them after it was sent.
     in_flight: HashMap<String, Vec<oneshot::Sender<Answer>>>,
-    /// Values read for first syncs, with when their read started; dropped after `READ_AHEAD_KEPT`.
-    read_ahead: HashMap<String, (Instant, RemoteSecret)>,
+    /// Values read for first syncs and not yet taken.
+    read_ahead: ReadAheadValues,
     /// Whether a call is under way; it sends what waits when it returns.
     busy: bool,
     /// The latest requester's clients: their session is the freshest.
@@ -60,10 +67,99 @@ struct Queue {
     upcoming: Option<Arc<dyn ReadAhead>>,
 }
 
-impl Queue {
-    fn drop_stale_read_ahead(&mut self) {
-        self.read_ahead
-            .retain(|_, (at, _)| at.elapsed() < READ_AHEAD_KEPT);
+/// Values read for first syncs, oldest first.
+#[derive(Default)]
+struct ReadAheadValues {
+    values: HashMap<String, Held>,
+    /// When each was read, in that order; an entry whose value left (or was read again) since is skipped.
+    read: VecDeque<(Instant, String)>,
+    /// When each was first taken, in that order; likewise.
+    taken: VecDeque<(Instant, String)>,
+    bytes: usize,
+}
+
+struct Held {
+    /// When its read started.
+    at: Instant,
+    secret: RemoteSecret,
+    taken: Option<Instant>,
+}
+
+fn size_of(key: &str, secret: &RemoteSecret) -> usize {
+    let value = match &secret.value {
+        RemoteValue::Text(text) => text.len(),
+        RemoteValue::Binary(bytes) => bytes.len(),
+    };
+    key.len() + value + secret.version_id.as_ref().map_or(0, String::len)
+}
+
+impl ReadAheadValues {
+    fn insert(&mut self, key: String, at: Instant, secret: RemoteSecret) {
+        self.bytes += size_of(&key, &secret);
+        self.read.push_back((at, key.clone()));
+        let held = Held {
+            at,
+            secret,
+            taken: None,
+        };
+        if let Some(old) = self.values.insert(key.clone(), held) {
+            self.bytes -= size_of(&key, &old.secret);
+        }
+    }
+
+    /// The value of `key` and when its read started. It stays a moment for the first syncs that read it at
+    /// the same time: the version watch that the first one registers it with serves those after.
+    fn take(&mut self, key: &str, now: Instant) -> Option<(Instant, RemoteSecret)> {
+        let held = self.values.get_mut(key)?;
+        if held.taken.is_none() {
+            held.taken = Some(now);
+            self.taken.push_back((now, key.to_string()));
+        }
+        Some((held.at, held.secret.clone()))
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes < READ_AHEAD_BYTES
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(held) = self.values.remove(key) {
+            self.bytes -= size_of(key, &held.secret);
+        }
+    }
+
+    fn drop_stale(&mut self, now: Instant) {
+        let expired = |at: &Instant, kept: Duration| now.saturating_duration_since(*at) >= kept;
+        while let Some((at, _)) = self.read.front()
+            && expired(at, READ_AHEAD_KEPT)
+        {
+            let (at, key) = self.read.pop_front().expect("just seen");
+            if self.values.get(&key).is_some_and(|held| held.at == at) {
+                self.remove(&key);
+            }
+        }
+        while let Some((at, _)) = self.taken.front()
+            && expired(at, TAKEN_KEPT)
+        {
+            let (at, key) = self.taken.pop_front().expect("just seen");
+            if self
+                .values
+                .get(&key)
+                .is_some_and(|held| held.taken == Some(at))
+            {
+                self.remove(&key);
+            }
+        }
+        // Values that left early leave their place in `read` behind: compact when those are most of it.
+        if self.read.len() > 2 * self.values.len() + 64 {
+            let values = &self.values;
+            self.read
+                .retain(|(at, key)| values.get(key).is_some_and(|held| held.at == *at));
+        }
     }
 }
 
@@ -88,13 +184,17 @@ impl SharedReads {
         let mut answers = Vec::with_capacity(keys.len());
         let start = {
             let mut queue = queue.lock().expect("never poisoned");
-            queue.drop_stale_read_ahead();
+            let now = Instant::now();
+            queue.read_ahead.drop_stale(now);
             for key in keys {
                 let (tell, answer) = oneshot::channel();
                 answers.push((key.clone(), answer));
                 if first_sync {
-                    if let Some((at, secret)) = queue.read_ahead.get(key) {
-                        let _ = tell.send(Ok(Ok(read_before(secret, *at))));
+                    if let Some((at, secret)) = queue.read_ahead.take(key, now) {
+                        let _ = tell.send(Ok(Ok(RemoteSecret {
+                            read_at: Some(at),
+                            ..secret
+                        })));
                         continue;
                     }
                     if let Some(joined) = queue.in_flight.get_mut(key) {
@@ -153,14 +253,16 @@ async fn send_all(queue: SharedQueue) {
                 (false, Some(reader)) => {
                     let take = queue.waiting.len().min(BATCH_LIMIT);
                     let batch: Vec<_> = queue.waiting.drain(..take).collect();
-                    queue.drop_stale_read_ahead();
+                    queue.read_ahead.drop_stale(Instant::now());
                     let ahead = match &queue.upcoming {
-                        Some(upcoming) if batch.len() < BATCH_LIMIT => {
+                        Some(upcoming)
+                            if batch.len() < BATCH_LIMIT && queue.read_ahead.has_room() =>
+                        {
                             let asked: HashSet<&str> =
                                 batch.iter().map(|(key, _)| key.as_str()).collect();
                             let read_ahead = &queue.read_ahead;
                             upcoming.upcoming(BATCH_LIMIT - batch.len(), &|key| {
-                                asked.contains(key) || read_ahead.contains_key(key)
+                                asked.contains(key) || read_ahead.contains(key)
                             })
                         }
                         _ => Vec::new(),
@@ -221,7 +323,7 @@ async fn send_all(queue: SharedQueue) {
                 }
                 for (key, answer) in answers.drain() {
                     if let Ok(secret) = answer {
-                        state.read_ahead.insert(key, (started, secret));
+                        state.read_ahead.insert(key, started, secret);
                     }
                 }
             }
@@ -233,5 +335,53 @@ async fn send_all(queue: SharedQueue) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(value: &str) -> RemoteSecret {
+        RemoteSecret {
+            version_id: Some("v1".into()),
+            stages: vec!["AWSCURRENT".into()],
+            value: RemoteValue::Text(value.into()),
+            read_at: None,
+        }
+    }
+
+    #[test]
+    fn a_value_read_ahead_stays_a_moment_after_it_is_taken() {
+        let mut values = ReadAheadValues::default();
+        let start = Instant::now();
+        values.insert("a".into(), start, secret("1234"));
+        values.insert("b".into(), start, secret("12"));
+        // Read again before anyone took it: one value, counted once.
+        values.insert("a".into(), start, secret("123456"));
+        assert_eq!(values.bytes, (1 + 6 + 2) + (1 + 2 + 2));
+        let taken_at = start + Duration::from_secs(60);
+        assert!(values.take("a", taken_at).is_some());
+        assert!(
+            values.take("a", taken_at + TAKEN_KEPT / 2).is_some(),
+            "first syncs at the same time share it"
+        );
+        values.drop_stale(taken_at + TAKEN_KEPT);
+        assert!(!values.contains("a"), "its watch serves the next ones");
+        assert!(values.contains("b"), "not taken: it waits for its sync");
+        assert_eq!(values.bytes, 1 + 2 + 2);
+    }
+
+    #[test]
+    fn values_never_taken_leave_oldest_first() {
+        let mut values = ReadAheadValues::default();
+        let start = Instant::now();
+        values.insert("old".into(), start, secret("x"));
+        values.insert("new".into(), start + Duration::from_secs(1), secret("y"));
+        values.drop_stale(start + READ_AHEAD_KEPT);
+        assert!(!values.contains("old"));
+        assert!(values.contains("new"));
+        assert_eq!(values.bytes, 3 + 1 + 2);
+        assert_eq!(values.read.len(), 1);
     }
 }
