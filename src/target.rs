@@ -25,13 +25,20 @@ pub const MANAGED_LABEL: &str = "secretsync.io/managed";
 pub const DATA_HASH_ANNOTATION: &str = "secretsync.io/data-hash";
 /// Names the ExternalSecret that wrote a Secret; with `creationPolicy: Orphan` it is the only owner mark.
 pub const EXTERNAL_SECRET_ANNOTATION: &str = "secretsync.io/external-secret";
+/// Keyed hash of the whole Secret as last applied (all but this annotation): after a restart, the watch of
+/// our Secrets' metadata tells what each holds without reading it.
+const APPLIED_HASH_ANNOTATION: &str = "secretsync.io/applied-hash";
 
 /// The field manager of one ExternalSecret's writes to its Secret. Each ExternalSecret has its own, so that
 /// under server-side apply two ExternalSecrets writing one Secret (Merge + Merge, Owner + Merge) own only their
 /// own keys and never remove each other's. The Secret is in the ExternalSecret's namespace, so the name is
 /// enough; a name too long for a manager is cut and made unique by a digest.
 pub fn field_manager(es: &ExternalSecret) -> String {
-    let manager = format!("secretsync/{}", es.name_any());
+    field_manager_of(&es.name_any())
+}
+
+fn field_manager_of(external_secret: &str) -> String {
+    let manager = format!("secretsync/{external_secret}");
     if manager.len() <= MAX_MANAGER_LEN {
         return manager;
     }
@@ -136,6 +143,62 @@ pub struct Applied {
     digest: String,
     /// Keyed hash of our keys' data (see `our_data_hash`).
     pub data_hash: String,
+    /// The ExternalSecret that applied it, when not the one of the Secret's name.
+    written_by: Option<Box<str>>,
+    /// Whether this process's apply returned it. Otherwise a list of our Secrets' metadata showed it
+    /// (`listed`): a change that left no trace there is undone at the next full refresh, which reads it.
+    pub confirmed: bool,
+}
+
+impl Applied {
+    fn new(resource_version: String, desired: &Desired, es: &ExternalSecret) -> Applied {
+        let name = es.name_any();
+        Applied {
+            resource_version,
+            digest: desired.digest.clone(),
+            data_hash: desired.data_hash.clone(),
+            written_by: (name != es.target_name()).then(|| name.into()),
+            confirmed: true,
+        }
+    }
+
+    /// Whether `es` applied it.
+    pub fn written_by(&self, es: &ExternalSecret) -> bool {
+        let name = es.name_any();
+        match &self.written_by {
+            Some(writer) => **writer == *name,
+            None => name == es.target_name(),
+        }
+    }
+
+    /// What a Secret listed from the API server holds, if our last apply is all that wrote it: it carries
+    /// our marks, and no manager but its ExternalSecret's owns any of its fields.
+    pub fn listed(meta: &ObjectMeta) -> Option<Applied> {
+        let annotations = meta.annotations.as_ref()?;
+        let writer = annotations.get(EXTERNAL_SECRET_ANNOTATION)?;
+        let manager = field_manager_of(writer);
+        let managers = meta.managed_fields.as_deref().unwrap_or_default();
+        let ours = meta
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(MANAGED_LABEL))
+            .is_some_and(|managed| managed == "true");
+        if !ours
+            || managers.is_empty()
+            || managers
+                .iter()
+                .any(|entry| entry.manager.as_deref() != Some(&manager))
+        {
+            return None;
+        }
+        Some(Applied {
+            resource_version: meta.resource_version.clone()?,
+            digest: annotations.get(APPLIED_HASH_ANNOTATION)?.clone(),
+            data_hash: annotations.get(DATA_HASH_ANNOTATION)?.clone(),
+            written_by: (Some(writer) != meta.name.as_ref()).then(|| writer.as_str().into()),
+            confirmed: false,
+        })
+    }
 }
 
 /// The Secret to apply for the rendered data, `None` with `creationPolicy: None` (nothing is written).
@@ -162,7 +225,7 @@ pub fn desired(
         });
     }
     let data_hash = hasher.hash(&data);
-    let secret = match es.spec.target.creation_policy {
+    let mut secret = match es.spec.target.creation_policy {
         CreationPolicy::None => return Ok(None),
         CreationPolicy::Merge => Secret {
             metadata: ObjectMeta {
@@ -188,6 +251,12 @@ pub fn desired(
         "secret".to_string(),
         ByteString(serialized),
     )]));
+    // Someone else's Secret (Merge) is not among those we watch, and is read before each write anyway.
+    if es.spec.target.creation_policy != CreationPolicy::Merge {
+        secret
+            .annotations_mut()
+            .insert(APPLIED_HASH_ANNOTATION.to_string(), digest.clone());
+    }
     Ok(Some(Desired {
         secret,
         digest,
@@ -211,11 +280,7 @@ pub async fn write(
         return Err(Error::ImmutableSecret(before.name_any()));
     }
     let (written, after) = apply(api, es, &desired.secret, before).await?;
-    let applied = Applied {
-        resource_version: after.resource_version().unwrap_or_default(),
-        digest: desired.digest,
-        data_hash: desired.data_hash,
-    };
+    let applied = Applied::new(after.resource_version().unwrap_or_default(), &desired, es);
     Ok((written, applied))
 }
 
@@ -240,11 +305,7 @@ pub async fn create(
     {
         Ok(after) => Ok(Some((
             Written::Created,
-            Applied {
-                resource_version: after.resource_version().unwrap_or_default(),
-                digest: desired.digest.clone(),
-                data_hash: desired.data_hash.clone(),
-            },
+            Applied::new(after.resource_version().unwrap_or_default(), desired, es),
         ))),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(err) => Err(err.into()),
@@ -502,4 +563,65 @@ pub async fn delete(api: &Api<Secret>, es: &ExternalSecret) -> Result<()> {
     api.delete(es.target_name(), &DeleteParams::default())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn external_secret(name: &str, target: &str) -> ExternalSecret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "secretsync.io/v1alpha1", "kind": "ExternalSecret",
+            "metadata": {"name": name, "namespace": "ns", "uid": "u-1"},
+            "spec": {"secretStoreRef": {"name": "s"}, "target": {"name": target}},
+        }))
+        .unwrap()
+    }
+
+    /// The metadata a list shows after `es` applied `desired`, with these managers' entries.
+    fn listed(desired: &Desired, managers: &[String]) -> ObjectMeta {
+        let mut meta = desired.secret.metadata.clone();
+        meta.resource_version = Some("42".into());
+        meta.managed_fields = Some(
+            managers
+                .iter()
+                .map(|manager| ManagedFieldsEntry {
+                    manager: Some(manager.clone()),
+                    operation: Some("Apply".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        meta
+    }
+
+    #[test]
+    fn a_listed_secret_that_only_its_external_secret_wrote_reads_as_applied() {
+        let hasher = DataHasher::new(b"key".to_vec());
+        let es = external_secret("app", "app-credentials");
+        let rendered = Rendered {
+            type_: None,
+            data: BTreeMap::from([("password".to_string(), b"s3cret".to_vec())]),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        };
+        let desired = desired(&es, rendered, &hasher).unwrap().unwrap();
+
+        let applied = Applied::listed(&listed(&desired, &[field_manager(&es)])).unwrap();
+        assert!(
+            desired.same_as(&applied),
+            "its hash survives the round trip"
+        );
+        assert_eq!(applied.data_hash, desired.data_hash);
+        assert_eq!(applied.resource_version, "42");
+        assert!(!applied.confirmed);
+        assert!(applied.written_by(&es));
+        assert!(!applied.written_by(&external_secret("other", "app-credentials")));
+
+        let edited = listed(&desired, &[field_manager(&es), "kubectl-edit".into()]);
+        assert!(Applied::listed(&edited).is_none(), "someone else wrote it");
+        let mut unmanaged = listed(&desired, &[]);
+        unmanaged.managed_fields = None;
+        assert!(Applied::listed(&unmanaged).is_none());
+    }
 }

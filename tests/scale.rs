@@ -10,6 +10,7 @@ use common::{
     TestContext, numbered_holding, recorded_calls, requests_between, value_external_secret,
     wait_for,
 };
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 const SECRETS: usize = 40;
@@ -148,13 +149,18 @@ async fn a_restart_reads_only_what_changed_meanwhile() {
     let (code, _) = operator.terminate();
     assert_eq!(code, Some(0));
 
-    // One secret rotates while the operator is down.
+    // One secret rotates while the operator is down, and one Secret is edited by hand.
     t.put_remote(&keys[0], "v2-0").await;
+    let edit = json!({"data": {"value": "dGFtcGVyZWQ="}}); // "tampered"
+    t.secrets()
+        .patch("es-1", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
     let calls_before = recorded_calls().len();
     let started = Instant::now();
     let operator = t.start_operator();
     wait_for(
-        "the rotated secret's readers rewritten",
+        "the rotated secret's readers and the edited Secret rewritten",
         Duration::from_secs(60),
         written(|i| match i % SECRETS {
             0 => "v2-0".to_string(),
@@ -188,17 +194,31 @@ async fn a_restart_reads_only_what_changed_meanwhile() {
         .collect();
     let values: Vec<&String> = reads.iter().flat_map(|call| &call.secret_ids).collect();
     println!(
-        "restart with {count} ExternalSecrets over {SECRETS} secrets, one rotated meanwhile: its readers rewritten {:.1}s after the start; {} AWS calls in {:.0}s ({} value calls, reading {values:?})",
+        "restart with {count} ExternalSecrets over {SECRETS} secrets, one rotated and one Secret edited meanwhile: rewritten {:.1}s after the start; {} AWS calls in {:.0}s ({} value calls, reading {values:?})",
         caught_up.as_secs_f64(),
         calls.len(),
         started.elapsed().as_secs_f64(),
         reads.len(),
     );
+    // The edited Secret's ExternalSecret reads its secret again to write it back.
     assert!(
-        values.iter().all(|key| **key == keys[0]),
-        "only the rotated secret is read again: {values:?}"
+        values
+            .iter()
+            .all(|key| **key == keys[0] || **key == keys[1]),
+        "only the rotated secret and the edited Secret's are read again: {values:?}"
     );
-    assert!(!values.is_empty(), "the rotated secret is read");
+    assert!(values.contains(&&keys[0]), "the rotated secret is read");
+    // The list of our Secrets' metadata tells what each holds: only the rewritten ones are read (the
+    // rotated secret's readers before their apply, the edited one to see what it holds), and the operator's
+    // hash key.
+    let asked = requests_between(&Default::default(), &operator.api_requests().await);
+    let secret_reads = asked.get("get secrets").copied().unwrap_or_default();
+    println!("API server requests after the restart: {asked:?}");
+    assert!(
+        secret_reads <= (PER_SECRET + 2) as f64,
+        "{secret_reads} Secret reads for {} rewritten Secrets",
+        PER_SECRET + 1
+    );
 }
 
 #[tokio::test]

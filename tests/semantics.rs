@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 const DATA_HASH: &str = "secretsync.io/data-hash";
+const APPLIED_HASH: &str = "secretsync.io/applied-hash";
 const MANAGED: &str = "secretsync.io/managed";
 const WRITER: &str = "secretsync.io/external-secret";
 
@@ -810,9 +811,11 @@ struct Seen {
 
 fn seen(secret: &Secret) -> Seen {
     let mut annotations = secret.annotations().clone();
-    // The hash is keyed per installation: its presence is checked, its value cannot be predicted.
-    if let Some(hash) = annotations.get_mut(DATA_HASH) {
-        *hash = "<hash>".into();
+    // The hashes are keyed per installation: their presence is checked, their values cannot be predicted.
+    for name in [DATA_HASH, APPLIED_HASH] {
+        if let Some(hash) = annotations.get_mut(name) {
+            *hash = "<hash>".into();
+        }
     }
     annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     Seen {
@@ -855,6 +858,8 @@ async fn check(t: &TestContext, name: &str, expect: &Expect) {
             if !matches!(ownership, Ownership::Foreign) {
                 want.labels.insert(MANAGED.into(), "true".into());
                 want.annotations.insert(DATA_HASH.into(), "<hash>".into());
+                want.annotations
+                    .insert(APPLIED_HASH.into(), "<hash>".into());
                 want.annotations.insert(WRITER.into(), name.into());
             }
             wait_for(

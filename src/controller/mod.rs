@@ -27,7 +27,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::api::{ClusterSecretStore, ExternalSecret, SecretStore};
+use crate::api::{ClusterSecretStore, CreationPolicy, ExternalSecret, SecretStore};
 use crate::data_hash::DataHasher;
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -60,13 +60,11 @@ struct Kept {
     last_sync: Option<LastSync>,
     /// Its `status.propagatedDataHash` as this process last wrote it, for the same reason.
     propagated: Option<String>,
-    /// What this process last applied to its Secret.
-    applied: Option<Applied>,
 }
 
 impl Kept {
     fn is_empty(&self) -> bool {
-        self.last_sync.is_none() && self.propagated.is_none() && self.applied.is_none()
+        self.last_sync.is_none() && self.propagated.is_none()
     }
 }
 
@@ -91,7 +89,7 @@ pub struct Context {
     resyncs: Arc<Resyncs>,
     /// When each ExternalSecret syncs again by itself.
     refreshes: Arc<Refreshes>,
-    /// The resourceVersions of the Secrets we manage, from the ExternalSecret controller's watch of them.
+    /// What the Secrets we manage hold, from the ExternalSecret controller's watch of them and our applies.
     secret_versions: SecretVersions,
     /// When this process started.
     started: Timestamp,
@@ -214,26 +212,27 @@ impl Context {
         self.keep(key, |kept| kept.propagated = Some(data_hash));
     }
 
-    fn set_applied(&self, key: &str, applied: Applied) {
-        self.keep(key, |kept| kept.applied = Some(applied));
-    }
-
     fn forget_kept(&self, key: &str) {
         self.kept.lock().expect("never poisoned").remove(key);
     }
 
-    /// Whether this process has applied the ExternalSecret's Secret (the watch may not show it yet).
-    fn has_applied(&self, key: &str) -> bool {
-        self.kept(key, |kept| kept.applied.as_ref().map(|_| ()))
-            .is_some()
+    /// What the ExternalSecret's last apply left in its Secret, if nobody wrote the Secret since: then it
+    /// holds exactly that.
+    fn unchanged_since_applied(&self, es: &ExternalSecret) -> Option<Applied> {
+        let namespace = es.namespace().unwrap_or_default();
+        self.secret_versions
+            .as_applied(&namespace, es.target_name())
+            .filter(|applied| applied.written_by(es))
     }
 
-    /// What our last apply left in the Secret `namespace/name`, if the watch still sees it at the version
-    /// that apply returned: then it holds exactly that.
-    fn unchanged_since_applied(&self, key: &str, namespace: &str, name: &str) -> Option<Applied> {
-        let applied = self.kept(key, |kept| kept.applied.clone())?;
-        let seen = self.secret_versions.get(namespace, name)?;
-        (seen == applied.resource_version).then_some(applied)
+    /// Records what the ExternalSecret's apply left in its Secret, if it is among those the watch follows
+    /// (with `creationPolicy: Merge` it is someone else's, and read before each write).
+    fn set_applied(&self, es: &ExternalSecret, applied: Applied) {
+        if es.spec.target.creation_policy != CreationPolicy::Merge {
+            let namespace = es.namespace().unwrap_or_default();
+            self.secret_versions
+                .applied(&namespace, es.target_name(), applied);
+        }
     }
 
     /// Resolves once the caches have listed: they fill when the controller starts, and until they have
@@ -245,7 +244,7 @@ impl Context {
     /// Whether the cache of the Secrets we manage, listed and watching, holds none named `namespace/name`.
     /// Usually there is then none at all; someone else's or one we wrote a moment ago is not ruled out.
     fn manages_no_secret(&self, namespace: &str, name: &str) -> bool {
-        *self.caches_ready.borrow() && self.secret_versions.get(namespace, name).is_none()
+        *self.caches_ready.borrow() && !self.secret_versions.holds(namespace, name)
     }
 
     /// Keeps what this process holds per ExternalSecret only for the keys for which `live` holds: a relist

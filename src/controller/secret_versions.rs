@@ -1,6 +1,8 @@
-//! The resourceVersion of each Secret we manage, from a watch of their metadata: a sync compares it with what
-//! its last apply returned instead of reading the Secret, and creates a Secret that is not here without
-//! reading first. Only the version is kept: a reflector store of the metadata took 0.9 KB per Secret.
+//! What each Secret we manage holds, from a watch of their metadata and from our own applies: a sync compares
+//! its resourceVersion with what our last apply returned instead of reading the Secret, and creates a
+//! Secret that is not here without reading first. After a restart, the list tells what our last apply left
+//! in each Secret that nobody else wrote, so that a restart reads none of them. Only the version and our
+//! marks are kept: a reflector store of the metadata took 0.9 KB per Secret.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,8 +13,25 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
+use crate::target::Applied;
+
 /// By (namespace, name).
-type Versions = HashMap<(String, String), String>;
+type Versions = HashMap<(String, String), Seen>;
+
+enum Seen {
+    /// Written by someone since our last apply, or by this process before its watch showed it.
+    Version(String),
+    Applied(Applied),
+}
+
+impl Seen {
+    fn resource_version(&self) -> &str {
+        match self {
+            Seen::Version(version) => version,
+            Seen::Applied(applied) => &applied.resource_version,
+        }
+    }
+}
 
 pub struct SecretVersions {
     state: Mutex<State>,
@@ -31,6 +50,10 @@ fn key(secret: &PartialObjectMeta<Secret>) -> (String, String) {
     (secret.namespace().unwrap_or_default(), secret.name_any())
 }
 
+fn version(secret: &PartialObjectMeta<Secret>) -> Seen {
+    Seen::Version(secret.resource_version().unwrap_or_default())
+}
+
 impl SecretVersions {
     pub fn new() -> Self {
         SecretVersions {
@@ -39,23 +62,32 @@ impl SecretVersions {
         }
     }
 
-    pub fn apply(&self, event: &Event<PartialObjectMeta<Secret>>) {
+    /// Follows the watch. Whether the event shows nothing new: a Secret at the version we last knew of it,
+    /// usually our own apply coming back.
+    pub fn apply(&self, event: &Event<PartialObjectMeta<Secret>>) -> bool {
         let mut state = self.state.lock().expect("never poisoned");
         match event {
             Event::Apply(secret) => {
-                let version = secret.resource_version().unwrap_or_default();
-                state.versions.insert(key(secret), version);
+                let seen = state.versions.get(&key(secret));
+                let known = seen.is_some_and(|seen| {
+                    Some(seen.resource_version()) == secret.metadata.resource_version.as_deref()
+                });
+                if !known {
+                    state.versions.insert(key(secret), version(secret));
+                }
+                return known;
             }
             Event::Delete(secret) => {
                 state.versions.remove(&key(secret));
             }
             Event::Init => state.listing = Some(Versions::new()),
             Event::InitApply(secret) => {
-                let version = secret.resource_version().unwrap_or_default();
+                let seen = Applied::listed(&secret.metadata)
+                    .map_or_else(|| version(secret), Seen::Applied);
                 state
                     .listing
                     .get_or_insert_with(Versions::new)
-                    .insert(key(secret), version);
+                    .insert(key(secret), seen);
             }
             Event::InitDone => {
                 state.versions = state.listing.take().unwrap_or_default();
@@ -63,16 +95,35 @@ impl SecretVersions {
                 self.listed.send_replace(true);
             }
         }
+        false
     }
 
-    /// The resourceVersion the watch last saw of the Secret `namespace/name`, if we manage one by that name.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<String> {
-        self.state
-            .lock()
-            .expect("never poisoned")
+    /// Records what our apply to the Secret `namespace/name` left, as the API server answered it.
+    pub fn applied(&self, namespace: &str, name: &str, applied: Applied) {
+        self.state.lock().expect("never poisoned").versions.insert(
+            (namespace.to_string(), name.to_string()),
+            Seen::Applied(applied),
+        );
+    }
+
+    /// What our last apply left in the Secret `namespace/name`, if nobody wrote it since.
+    pub fn as_applied(&self, namespace: &str, name: &str) -> Option<Applied> {
+        let state = self.state.lock().expect("never poisoned");
+        match state
             .versions
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+            .get(&(namespace.to_string(), name.to_string()))?
+        {
+            Seen::Applied(applied) => Some(applied.clone()),
+            Seen::Version(_) => None,
+        }
+    }
+
+    /// Whether we manage a Secret `namespace/name`, as far as the watch and our applies tell.
+    pub fn holds(&self, namespace: &str, name: &str) -> bool {
+        let state = self.state.lock().expect("never poisoned");
+        state
+            .versions
+            .contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// Resolves once the watch has listed.
@@ -99,26 +150,26 @@ mod tests {
         versions.apply(&Event::Init);
         versions.apply(&Event::InitApply(secret("a", "1")));
         versions.apply(&Event::InitApply(secret("b", "2")));
-        assert_eq!(
-            versions.get("ns", "a"),
-            None,
-            "nothing until the list is done"
-        );
+        assert!(!versions.holds("ns", "a"), "nothing until the list is done");
         versions.apply(&Event::InitDone);
-        versions.apply(&Event::Apply(secret("a", "3")));
-        assert_eq!(versions.get("ns", "a").as_deref(), Some("3"));
+        assert!(versions.holds("ns", "a"));
+        assert!(
+            versions.as_applied("ns", "a").is_none(),
+            "no marks of ours: it is read"
+        );
+        assert!(!versions.apply(&Event::Apply(secret("a", "3"))), "new");
+        assert!(
+            versions.apply(&Event::Apply(secret("a", "3"))),
+            "seen before"
+        );
         versions.apply(&Event::Delete(secret("a", "4")));
-        assert_eq!(versions.get("ns", "a"), None);
+        assert!(!versions.holds("ns", "a"));
         // "b" was deleted while the watch was down.
         versions.apply(&Event::Init);
         versions.apply(&Event::InitApply(secret("c", "5")));
-        assert_eq!(
-            versions.get("ns", "b").as_deref(),
-            Some("2"),
-            "kept during the relist"
-        );
+        assert!(versions.holds("ns", "b"), "kept during the relist");
         versions.apply(&Event::InitDone);
-        assert_eq!(versions.get("ns", "b"), None);
-        assert_eq!(versions.get("ns", "c").as_deref(), Some("5"));
+        assert!(!versions.holds("ns", "b"));
+        assert!(versions.holds("ns", "c"));
     }
 }

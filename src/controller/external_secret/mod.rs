@@ -135,21 +135,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
         watcher::Config::default().labels(&format!("{MANAGED_LABEL}=true")),
     )
     .inspect(move |event| {
-        if let Ok(event) = event {
-            versions.secret_versions.apply(event);
-        }
         if let Ok(watcher::Event::InitDone) = event
             && std::mem::replace(&mut owned_listed, true)
         {
             relisted();
         }
     })
-    .touched_objects()
     // Each apply of ours comes back from the watch; the sync that made it already knew what it holds.
-    .try_filter({
-        let ctx = ctx.clone();
-        move |secret| futures::future::ready(!ctx.our_last_apply(secret))
-    });
+    .try_filter(move |event| futures::future::ready(!versions.secret_versions.apply(event)))
+    .touched_objects();
     let (store_writer, cluster_store_writer) = ctx
         .store_cache_writers
         .lock()
@@ -240,28 +234,6 @@ impl Context {
             self.resyncs
                 .request(referencing(cache, kind, name, namespace));
         }
-    }
-
-    /// Whether the Secret is at the resourceVersion that our last apply for its owner returned.
-    fn our_last_apply(&self, secret: &PartialObjectMeta<Secret>) -> bool {
-        let owner = secret
-            .owner_references()
-            .iter()
-            .find(|owner| owner.controller == Some(true) && owner.kind == "ExternalSecret");
-        let (Some(owner), Some(namespace), Some(version)) = (
-            owner,
-            secret.namespace(),
-            secret.metadata.resource_version.as_deref(),
-        ) else {
-            return false;
-        };
-        let es = ObjectRef::<ExternalSecret>::new(&owner.name).within(&namespace);
-        self.kept(&ref_key(&es), |kept| {
-            kept.applied
-                .as_ref()
-                .map(|applied| applied.resource_version == version)
-        })
-        .unwrap_or(false)
     }
 }
 
@@ -521,11 +493,10 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     ctx.caches_listed().await;
     // Read only when it may have changed since our last apply: a quiet refresh asks the API server nothing.
     let creation = es.spec.target.creation_policy;
-    let existing = match ctx.unchanged_since_applied(&key(es), namespace, es.target_name()) {
+    let existing = match ctx.unchanged_since_applied(es) {
         Some(applied) => Target::AsApplied(applied),
         // A first sync, usually: create the Secret without reading first (see `target::create`).
         None if matches!(creation, CreationPolicy::Owner | CreationPolicy::Orphan)
-            && !ctx.has_applied(&key(es))
             && ctx.manages_no_secret(namespace, es.target_name()) =>
         {
             Target::Unseen
@@ -659,7 +630,10 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     let data_hash = target::rendered_hash(&ctx.hasher, &rendered);
     let written = match (target::desired(es, rendered, &ctx.hasher)?, existing) {
         (None, _) => Written::Unchanged,
-        (Some(desired), Target::AsApplied(applied)) if desired.same_as(&applied) => {
+        // Listed after a restart and not applied since: a refresh reads it once (see `Applied::confirmed`).
+        (Some(desired), Target::AsApplied(applied))
+            if applied.confirmed && desired.same_as(&applied) =>
+        {
             Written::Unchanged
         }
         (Some(desired), existing) => {
@@ -680,7 +654,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
                     target::write(&secrets, es, desired, before.as_ref()).await?
                 }
             };
-            ctx.set_applied(&key(es), applied);
+            ctx.set_applied(es, applied);
             written
         }
     };
@@ -717,7 +691,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
 
 /// The target Secret as a sync knows it.
 enum Target {
-    /// Still at the resourceVersion our last apply returned: it holds what we applied.
+    /// Written by nothing but our last apply since: it holds what we applied.
     AsApplied(Applied),
     /// As just read; `None` when there is none.
     Read(Option<Box<Secret>>),
