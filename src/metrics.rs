@@ -1,8 +1,9 @@
 //! Prometheus metrics, named as External Secrets Operator names them so that existing dashboards work.
 //! Labels carry object names only, never values or remote key contents.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
@@ -321,14 +322,20 @@ impl Metrics {
         self.leader.set(leading.into());
     }
 
-    pub fn encode(&self) -> String {
+    /// The text exposition in pieces, for a response to send as they come: the per-ExternalSecret series
+    /// are most of it (three lines per ExternalSecret, some 30 MB at 100,000), and held whole by each
+    /// scrape under way they set the operator's peak memory.
+    pub fn encode_pieces(&self) -> impl Iterator<Item = String> + Send + 'static {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding of gathered metrics");
-        let mut text = String::from_utf8(buffer).expect("the text format is UTF-8");
-        self.external_secrets.encode(&mut text);
-        text
+        let head = String::from_utf8(buffer).expect("the text format is UTF-8");
+        std::iter::once(head).chain(self.external_secrets.pieces())
+    }
+
+    pub fn encode(&self) -> String {
+        self.encode_pieces().collect()
     }
 }
 
@@ -339,9 +346,12 @@ impl Metrics {
 /// 5,000), and building its `MetricFamily` values for a scrape took 14 MB at 10,000.
 #[derive(Clone, Default)]
 struct ExternalSecretSeries {
-    /// By (namespace, name).
-    by_object: Arc<Mutex<HashMap<(String, String), ExternalSecretCounts>>>,
+    /// By (namespace, name), in order, so that a scrape can write them a piece at a time.
+    by_object: Arc<Mutex<BTreeMap<(String, String), ExternalSecretCounts>>>,
 }
+
+/// ExternalSecrets written per piece of a scrape, each piece under the lock once: about 100 KB.
+const PIECE: usize = 1000;
 
 #[derive(Default)]
 struct ExternalSecretCounts {
@@ -350,19 +360,6 @@ struct ExternalSecretCounts {
     /// The Ready condition's status, once known.
     ready: Option<bool>,
 }
-
-const SYNC_CALLS: (&str, &str) = (
-    "externalsecret_sync_calls_total",
-    "Total ExternalSecret syncs",
-);
-const SYNC_ERRORS: (&str, &str) = (
-    "externalsecret_sync_calls_error",
-    "ExternalSecret syncs that failed",
-);
-const CONDITION: (&str, &str) = (
-    "externalsecret_status_condition",
-    "ExternalSecret condition status (1 for the current status)",
-);
 
 impl ExternalSecretSeries {
     fn update(&self, namespace: &str, name: &str, change: impl FnOnce(&mut ExternalSecretCounts)) {
@@ -374,54 +371,114 @@ impl ExternalSecretSeries {
         );
     }
 
-    /// Appends the three families in Prometheus' text format. Object names need no escaping: Kubernetes
-    /// allows neither quotes, backslashes nor line breaks in them.
-    fn encode(&self, out: &mut String) {
-        let by_object = self.by_object.lock().expect("never poisoned");
-        let header = |out: &mut String, (name, help): (&str, &str), type_: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {type_}");
-        };
-        type Count = fn(&ExternalSecretCounts) -> u64;
-        let counters: [(_, Count); 2] = [
-            (SYNC_CALLS, |counts| counts.syncs),
-            (SYNC_ERRORS, |counts| counts.errors),
-        ];
-        for (family, count) in counters {
-            let mut counted = by_object
-                .iter()
-                .map(|(object, counts)| (object, count(counts)))
-                .filter(|(_, count)| *count > 0)
-                .peekable();
-            if counted.peek().is_some() {
-                header(out, family, "counter");
+    /// The three families in Prometheus' text format, `PIECE` ExternalSecrets at a time. Object names need
+    /// no escaping: Kubernetes allows neither quotes, backslashes nor line breaks in them.
+    fn pieces(&self) -> impl Iterator<Item = String> + Send + 'static {
+        let series = self.clone();
+        let mut family = 0;
+        let mut after: Option<(String, String)> = None;
+        std::iter::from_fn(move || {
+            while let Some(&(name, help, type_, line)) = FAMILIES.get(family) {
+                let by_object = series.by_object.lock().expect("never poisoned");
+                let mut out = String::new();
+                if after.is_none() {
+                    if !by_object.values().any(|counts| line(counts).is_some()) {
+                        family += 1;
+                        continue;
+                    }
+                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {type_}");
+                }
+                let start = match &after {
+                    Some(last) => Bound::Excluded(last),
+                    None => Bound::Unbounded,
+                };
+                let mut visited = 0;
+                let mut last = None;
+                for ((namespace, object), counts) in
+                    by_object.range::<(String, String), _>((start, Bound::Unbounded))
+                {
+                    if visited == PIECE {
+                        break;
+                    }
+                    visited += 1;
+                    last = Some((namespace, object));
+                    if let Some(line) = line(counts) {
+                        line.write(&mut out, name, namespace, object);
+                    }
+                }
+                after = match last {
+                    Some((namespace, object)) if visited == PIECE => {
+                        Some((namespace.clone(), object.clone()))
+                    }
+                    _ => {
+                        family += 1;
+                        None
+                    }
+                };
+                if !out.is_empty() {
+                    return Some(out);
+                }
             }
-            for ((namespace, name), count) in counted {
+            None
+        })
+    }
+}
+
+/// What one ExternalSecret shows in a family, if anything.
+enum Line {
+    Count(u64),
+    Ready(bool),
+}
+
+impl Line {
+    fn write(&self, out: &mut String, family: &str, namespace: &str, name: &str) {
+        match self {
+            Line::Count(count) => {
                 let _ = writeln!(
                     out,
-                    "{}{{name=\"{name}\",namespace=\"{namespace}\"}} {count}",
-                    family.0
+                    "{family}{{name=\"{name}\",namespace=\"{namespace}\"}} {count}"
                 );
             }
-        }
-        let mut known = by_object
-            .iter()
-            .filter_map(|(object, counts)| Some((object, counts.ready?)))
-            .peekable();
-        if known.peek().is_some() {
-            header(out, CONDITION, "gauge");
-        }
-        for ((namespace, name), ready) in known {
-            for (status, value) in [("False", !ready), ("True", ready)] {
-                let _ = writeln!(
-                    out,
-                    "{}{{condition=\"Ready\",name=\"{name}\",namespace=\"{namespace}\",status=\"{status}\"}} {}",
-                    CONDITION.0,
-                    u8::from(value)
-                );
+            Line::Ready(ready) => {
+                for (status, value) in [("False", !ready), ("True", *ready)] {
+                    let _ = writeln!(
+                        out,
+                        "{family}{{condition=\"Ready\",name=\"{name}\",namespace=\"{namespace}\",status=\"{status}\"}} {}",
+                        u8::from(value)
+                    );
+                }
             }
         }
     }
 }
+
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ExternalSecretCounts) -> Option<Line>,
+);
+
+const FAMILIES: [Family; 3] = [
+    (
+        "externalsecret_sync_calls_total",
+        "Total ExternalSecret syncs",
+        "counter",
+        |counts| (counts.syncs > 0).then_some(Line::Count(counts.syncs)),
+    ),
+    (
+        "externalsecret_sync_calls_error",
+        "ExternalSecret syncs that failed",
+        "counter",
+        |counts| (counts.errors > 0).then_some(Line::Count(counts.errors)),
+    ),
+    (
+        "externalsecret_status_condition",
+        "ExternalSecret condition status (1 for the current status)",
+        "gauge",
+        |counts| counts.ready.map(Line::Ready),
+    ),
+];
 
 /// The verb and resource of an API server request, from its method and path: `/api/v1/namespaces/ns/secrets/x`
 /// is a `get` of `secrets`, `.../externalsecrets/x/status` a `patch` of `externalsecrets/status`.
@@ -522,6 +579,36 @@ mod tests {
         metrics.forget_external_secret("team", "db");
         assert!(!metrics.encode().contains(r#"name="db""#));
         assert!(metrics.external_secrets_with_series().is_empty());
+    }
+
+    #[test]
+    fn a_scrape_writes_each_family_whole_a_piece_at_a_time() {
+        let metrics = Metrics::default();
+        let count = 2 * PIECE + 500;
+        for i in 0..count {
+            let name = format!("es-{i}");
+            metrics.sync("team", &name, i % 3 != 0);
+            metrics.external_secret_ready("team", &name, None);
+        }
+        let pieces: Vec<String> = metrics.external_secrets.pieces().collect();
+        assert!(pieces.len() > 3, "{} pieces", pieces.len());
+        let text = metrics.encode();
+        let mut families: Vec<&str> = Vec::new();
+        for line in text.lines().filter(|line| {
+            line.starts_with("externalsecret_sync_calls")
+                || line.starts_with("externalsecret_status_condition")
+        }) {
+            let family = &line[..line.find('{').unwrap()];
+            if families.last() != Some(&family) {
+                assert!(!families.contains(&family), "{family} is split");
+                families.push(family);
+            }
+        }
+        let lines = |prefix: &str| text.lines().filter(|line| line.starts_with(prefix)).count();
+        assert_eq!(lines("externalsecret_sync_calls_total{"), count);
+        assert_eq!(lines("externalsecret_sync_calls_error{"), count.div_ceil(3));
+        assert_eq!(lines("externalsecret_status_condition{"), 2 * count);
+        assert_eq!(lines("# TYPE externalsecret_sync_calls_total "), 1);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The HTTP endpoints for Prometheus and the kubelet's probes.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
@@ -26,7 +28,16 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<Shared>| async move { s.metrics.encode() }),
+            get(|State(s): State<Shared>| async move {
+                let pieces = s.metrics.encode_pieces().map(Ok::<_, Infallible>);
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    Body::from_stream(futures::stream::iter(pieces)),
+                )
+            }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route(
