@@ -112,6 +112,11 @@ pub struct RunArgs {
     #[arg(long, env = "SECRETSYNC_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
 
+    /// Bytes of secret values kept in memory for rotations and first syncs (`64Mi`, `1Gi`, or a number of
+    /// bytes). Past it the oldest are dropped, and read again from AWS when needed.
+    #[arg(long, env = "SECRETSYNC_KEPT_VALUES_BUDGET", default_value = "64Mi", value_parser = parse_bytes)]
+    pub kept_values_budget: usize,
+
     /// Run the controllers only while holding a Lease in the operator's namespace, so that several
     /// replicas can run with one active. Standbys serve probes and metrics.
     #[arg(long, env = "SECRETSYNC_LEADER_ELECT")]
@@ -227,6 +232,7 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         metrics.clone(),
         args.store_refresh_interval,
         args.concurrency,
+        args.kept_values_budget,
     ));
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
@@ -346,5 +352,39 @@ async fn ensure_crds_installed(client: &Client, namespace: Option<&str>) -> Resu
         result => result
             .map(|_| ())
             .map_err(|err| crate::Error::from(err).into()),
+    }
+}
+
+/// A size as Kubernetes writes quantities of memory: a number of bytes, or with `Ki`, `Mi` or `Gi`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        other => return Err(format!("unknown unit {other:?}: use Ki, Mi or Gi")),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|number| number.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_read_as_kubernetes_writes_them() {
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("64MB").is_err());
+        assert!(parse_bytes("Mi").is_err());
     }
 }

@@ -7,8 +7,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -29,6 +29,8 @@ pub struct Metrics {
     restarts: IntCounterVec,
     kube_requests: IntCounterVec,
     leader: IntGauge,
+    kept_value_bytes: IntGauge,
+    kept_values_evicted: IntCounter,
 }
 
 impl Default for Metrics {
@@ -84,9 +86,27 @@ impl Default for Metrics {
         registry
             .register(Box::new(leader.clone()))
             .expect("unique metric");
+        let kept_value_bytes = IntGauge::new(
+            "secretsync_kept_value_bytes",
+            "Bytes of secret values kept for rotations and first syncs (bounded by --kept-values-budget)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(kept_value_bytes.clone()))
+            .expect("unique metric");
+        let kept_values_evicted = IntCounter::new(
+            "secretsync_kept_values_evicted_total",
+            "Kept values dropped to stay within --kept-values-budget (each is read again when needed)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(kept_values_evicted.clone()))
+            .expect("unique metric");
         let external_secrets = ExternalSecretSeries::default();
         Metrics {
             leader,
+            kept_value_bytes,
+            kept_values_evicted,
             external_secrets,
             es_not_ready: gauge(
                 "secretsync_externalsecret_not_ready",
@@ -320,6 +340,12 @@ impl Metrics {
 
     pub fn leading(&self, leading: bool) {
         self.leader.set(leading.into());
+    }
+
+    pub fn kept_values(&self, bytes: usize, evicted: u64) {
+        self.kept_value_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.kept_values_evicted.inc_by(evicted);
     }
 
     /// The text exposition in pieces, for a response to send as they come: the per-ExternalSecret series

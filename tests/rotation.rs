@@ -502,3 +502,59 @@ async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
     t.put_remote(&key, "v3").await;
     t.wait_for_value("app", "v3").await;
 }
+
+/// With a budget for two or three values, most kept values leave as soon as they come: first syncs and
+/// rotations still get every value (read again where it left), and what is kept stays within the budget.
+#[tokio::test]
+async fn values_past_the_kept_values_budget_are_read_again_when_needed() {
+    const BUDGET: f64 = 150.0;
+    let t = TestContext::new("kept-budget").await;
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        keys.push(t.create_remote(&format!("b{i}"), &format!("v1-{i}")).await);
+    }
+    t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "2s"}))
+        .await;
+    let operator = Operator::start(
+        &t.namespace,
+        &[("SECRETSYNC_KEPT_VALUES_BUDGET", &BUDGET.to_string())],
+    );
+    for i in 0..20 {
+        t.apply_yaml(&value_external_secret(
+            &format!("es{i:02}"),
+            "aws",
+            "SecretStore",
+            &keys[i % 10],
+            None,
+        ))
+        .await;
+    }
+    for i in 0..20 {
+        t.wait_for_value(&format!("es{i:02}"), &format!("v1-{}", i % 10))
+            .await;
+    }
+    let kept = metric(&operator, "secretsync_kept_value_bytes").await;
+    let evicted = metric(&operator, "secretsync_kept_values_evicted_total").await;
+    println!("10 secrets kept within {BUDGET} bytes: {kept:?} bytes kept, {evicted:?} evicted");
+    assert!(
+        kept.is_some_and(|kept| kept <= BUDGET),
+        "{kept:?} bytes kept"
+    );
+    assert!(
+        evicted.is_some_and(|evicted| evicted >= 5.0),
+        "{evicted:?} evicted"
+    );
+
+    for i in [0, 9] {
+        t.put_remote(&keys[i], &format!("v2-{i}")).await;
+    }
+    for i in [0, 9, 10, 19] {
+        t.wait_for_value(&format!("es{i:02}"), &format!("v2-{}", i % 10))
+            .await;
+    }
+    let kept = metric(&operator, "secretsync_kept_value_bytes").await;
+    assert!(
+        kept.is_some_and(|kept| kept <= BUDGET),
+        "{kept:?} bytes kept"
+    );
+}

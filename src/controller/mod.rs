@@ -118,6 +118,7 @@ impl Context {
         metrics: Arc<Metrics>,
         store_refresh: Duration,
         concurrency: u16,
+        kept_values_budget: usize,
     ) -> Self {
         let reporter = Reporter {
             controller: "secretsync".into(),
@@ -135,6 +136,7 @@ impl Context {
                 // Version check failures, once per store and change: a Recorder's cache of them stays small.
                 Recorder::new(client.clone(), reporter.clone()),
                 wake,
+                kept_values_budget,
             )),
             woken: Mutex::new(Some(woken)),
             external_secret_cache_writer: Mutex::new(Some(external_secret_cache_writer)),

@@ -23,6 +23,19 @@ pub struct RemoteSecret {
     pub read_at: Option<Instant>,
 }
 
+impl RemoteSecret {
+    /// What holding it costs, roughly: its value, VersionId and stages.
+    pub fn bytes(&self) -> usize {
+        let value = match &self.value {
+            RemoteValue::Text(text) => text.len(),
+            RemoteValue::Binary(bytes) => bytes.len(),
+        };
+        value
+            + self.version_id.as_ref().map_or(0, String::len)
+            + self.stages.iter().map(String::len).sum::<usize>()
+    }
+}
+
 #[derive(Clone)]
 pub enum RemoteValue {
     Text(String),

@@ -421,10 +421,16 @@ impl Watches {
             }
         }
 
-        let mut state = self.lock();
-        let Some(group) = state.groups.get_mut(key) else {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(shared_key) = state
+            .groups
+            .get_key_value(key)
+            .map(|(shared, _)| shared.clone())
+        else {
             return;
         };
+        let group = state.groups.get_mut(key).expect("just found");
         for (target, secret) in read {
             let (Some(watched), Some(id)) =
                 (group.secrets.get_mut(&target), secret.version_id.clone())
@@ -445,15 +451,16 @@ impl Watches {
                 at: now,
                 event_time: None,
             });
-            watched.values.insert(id, Arc::new(secret));
+            watched.keep_value(&mut state.ledger, (&shared_key, &target), id, secret);
         }
         for (target, changed) in &moved {
             if let Some(watched) = group.secrets.get_mut(target) {
                 wake.extend(watched.readers_of(changed));
-                watched.prune();
+                watched.prune(&mut state.ledger);
             }
         }
-        drop(state);
+        self.settle_budget(state);
+        drop(guard);
         tracing::info!(
             secrets = moved.len(),
             woken = wake.len(),

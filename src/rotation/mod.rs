@@ -153,7 +153,7 @@ impl Watched {
     }
 
     /// Drops values that no watched stage or pinned reference points to any more.
-    fn prune(&mut self) {
+    fn prune(&mut self, ledger: &mut Ledger) {
         let kept: BTreeSet<&String> = self
             .watched_stages()
             .into_iter()
@@ -161,8 +161,36 @@ impl Watched {
             .chain(self.pinned.values().flatten())
             .collect();
         let kept: BTreeSet<String> = kept.into_iter().cloned().collect();
-        self.values.retain(|id, _| kept.contains(id));
+        self.values.retain(|id, value| {
+            let keep = kept.contains(id);
+            if !keep {
+                ledger.removed(value);
+            }
+            keep
+        });
         self.detected.retain(|id, _| kept.contains(id));
+    }
+
+    /// Keeps the value of VersionId `id` of the secret `full` in `group`, replacing one kept before.
+    fn keep_value(
+        &mut self,
+        ledger: &mut Ledger,
+        at: (&Arc<GroupKey>, &str),
+        id: String,
+        secret: RemoteSecret,
+    ) {
+        let secret = Arc::new(secret);
+        ledger.added(at.0, at.1, &id, &secret);
+        if let Some(old) = self.values.insert(id, secret) {
+            ledger.removed(&old);
+        }
+    }
+
+    /// Its values leave with it.
+    fn forget_values(&self, ledger: &mut Ledger) {
+        for value in self.values.values() {
+            ledger.removed(value);
+        }
     }
 
     /// Readers of any of `stages`.
@@ -197,6 +225,63 @@ struct State {
     registrations: HashMap<Reader, Registration>,
     /// The consumer of each SQS queue that groups with the `Events` check watch through.
     queues: HashMap<String, AbortOnDrop>,
+    ledger: Ledger,
+}
+
+/// The bytes of the values kept, against the budget (`--kept-values-budget`), and the order they came in.
+/// Past the budget the oldest leave; an ExternalSecret that needs one then reads it.
+#[derive(Default)]
+struct Ledger {
+    budget: usize,
+    bytes: usize,
+    values: usize,
+    /// (group, secret, VersionId), oldest first; an entry whose value left since is skipped.
+    order: VecDeque<(Arc<GroupKey>, String, String)>,
+}
+
+impl Ledger {
+    fn added(&mut self, group: &Arc<GroupKey>, full: &str, id: &str, value: &RemoteSecret) {
+        self.bytes += value.bytes();
+        self.values += 1;
+        self.order
+            .push_back((group.clone(), full.to_string(), id.to_string()));
+    }
+
+    fn removed(&mut self, value: &RemoteSecret) {
+        self.bytes -= value.bytes();
+        self.values -= 1;
+    }
+}
+
+impl State {
+    /// Drops the oldest values until those kept fit the budget; returns how many left.
+    fn evict_over_budget(&mut self) -> u64 {
+        let mut evicted = 0;
+        while self.ledger.bytes > self.ledger.budget
+            && let Some((group, full, id)) = self.ledger.order.pop_front()
+        {
+            let value = self
+                .groups
+                .get_mut(&group)
+                .and_then(|group| group.secrets.get_mut(&full))
+                .and_then(|watched| watched.values.remove(&id));
+            if let Some(value) = value {
+                self.ledger.removed(&value);
+                evicted += 1;
+            }
+        }
+        // Values that left otherwise leave their entries behind: compact when those are most of them.
+        if self.ledger.order.len() > 2 * self.ledger.values + 64 {
+            let groups = &self.groups;
+            self.ledger.order.retain(|(group, full, id)| {
+                groups
+                    .get(group)
+                    .and_then(|group| group.secrets.get(full))
+                    .is_some_and(|watched| watched.values.contains_key(id))
+            });
+        }
+        evicted
+    }
 }
 
 pub struct Watches {
@@ -252,18 +337,27 @@ impl Kept<'_> {
 }
 
 impl Watches {
+    /// `kept_values_budget`: the bytes of values kept for rotations and first syncs (see `Ledger`).
     pub fn new(
         stores: Arc<Stores>,
         metrics: Arc<Metrics>,
         recorder: Recorder,
         wake: UnboundedSender<ObjectRef<ExternalSecret>>,
+        kept_values_budget: usize,
     ) -> Self {
+        let state = State {
+            ledger: Ledger {
+                budget: kept_values_budget,
+                ..Ledger::default()
+            },
+            ..State::default()
+        };
         Watches {
             stores,
             metrics,
             recorder,
             wake,
-            state: Mutex::default(),
+            state: Mutex::new(state),
         }
     }
 
@@ -440,10 +534,8 @@ impl Watches {
             }
             let mut recorded = Vec::with_capacity(reads.len());
             for read in reads {
-                let watched = group
-                    .secrets
-                    .entry(format!("{prefix}{}", read.key))
-                    .or_default();
+                let full = format!("{prefix}{}", read.key);
+                let watched = group.secrets.entry(full.clone()).or_default();
                 match &read.version {
                     Version::Stage(stage) => {
                         watched
@@ -476,9 +568,12 @@ impl Watches {
                         }
                         watched.as_of = Some(read.at);
                         watched.gone = false;
-                        watched
-                            .values
-                            .insert(read.version_id.clone(), Arc::new(secret));
+                        watched.keep_value(
+                            &mut state.ledger,
+                            (&shared_key, &full),
+                            read.version_id.clone(),
+                            secret,
+                        );
                         wake.extend(
                             watched
                                 .readers_of(&moved)
@@ -500,10 +595,14 @@ impl Watches {
                                 wake.push(ObjectRef::clone(&es));
                             }
                         }
-                        watched
-                            .values
-                            .entry(read.version_id.clone())
-                            .or_insert_with(|| Arc::new(secret));
+                        if !watched.values.contains_key(&read.version_id) {
+                            watched.keep_value(
+                                &mut state.ledger,
+                                (&shared_key, &full),
+                                read.version_id.clone(),
+                                secret,
+                            );
+                        }
                     }
                     // Known from status only (after a restart): a first guess until a check says more.
                     None => {
@@ -515,7 +614,7 @@ impl Watches {
                         }
                     }
                 }
-                watched.prune();
+                watched.prune(&mut state.ledger);
                 recorded.push((read.key, read.version, read.version_id));
             }
             if let Some(old) = old {
@@ -524,7 +623,7 @@ impl Watches {
                 } else {
                     BTreeSet::new()
                 };
-                remove_reader(&mut state.groups, &es, &old, &still_read);
+                remove_reader(&mut state.groups, &mut state.ledger, &es, &old, &still_read);
             }
             state.registrations.insert(
                 es,
@@ -536,6 +635,7 @@ impl Watches {
                 },
             );
             self.update_gauge(state);
+            self.settle_budget(state);
         }
         self.wake_all(wake);
     }
@@ -545,7 +645,13 @@ impl Watches {
         let mut state = self.lock();
         let state = &mut *state;
         if let Some(old) = state.registrations.remove(es) {
-            remove_reader(&mut state.groups, es, &old, &BTreeSet::new());
+            remove_reader(
+                &mut state.groups,
+                &mut state.ledger,
+                es,
+                &old,
+                &BTreeSet::new(),
+            );
         }
         self.update_gauge(state);
     }
@@ -562,10 +668,22 @@ impl Watches {
             .collect();
         for es in gone {
             if let Some(old) = state.registrations.remove(&es) {
-                remove_reader(&mut state.groups, &es, &old, &BTreeSet::new());
+                remove_reader(
+                    &mut state.groups,
+                    &mut state.ledger,
+                    &es,
+                    &old,
+                    &BTreeSet::new(),
+                );
             }
         }
         self.update_gauge(state);
+    }
+
+    /// Keeps the values within their budget, and says so in the metrics.
+    fn settle_budget(&self, state: &mut State) {
+        let evicted = state.evict_over_budget();
+        self.metrics.kept_values(state.ledger.bytes, evicted);
     }
 
     fn update_gauge(&self, state: &State) {
@@ -598,6 +716,7 @@ impl Watches {
 /// Takes an ExternalSecret's marks off the secrets of an old registration, except those in `still_read`.
 fn remove_reader(
     groups: &mut HashMap<Arc<GroupKey>, Group>,
+    ledger: &mut Ledger,
     es: &ObjectRef<ExternalSecret>,
     registration: &Registration,
     still_read: &BTreeSet<String>,
@@ -614,9 +733,10 @@ fn remove_reader(
             watched.readers.remove(es);
             watched.pinned.remove(es);
             if watched.readers.is_empty() {
+                watched.forget_values(ledger);
                 group.secrets.remove(&full);
             } else {
-                watched.prune();
+                watched.prune(ledger);
             }
         }
     }
@@ -708,6 +828,16 @@ mod tests {
         UnboundedReceiver<ObjectRef<ExternalSecret>>,
         AwsSecretsManager,
     ) {
+        watches_within(usize::MAX)
+    }
+
+    fn watches_within(
+        budget: usize,
+    ) -> (
+        Arc<Watches>,
+        UnboundedReceiver<ObjectRef<ExternalSecret>>,
+        AwsSecretsManager,
+    ) {
         // Nothing here reaches the API server or AWS: checks run only after an interval.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
@@ -719,7 +849,13 @@ mod tests {
         let stores = Arc::new(Stores::new(client.clone(), aws.clone(), metrics.clone()));
         let recorder = Recorder::new(client, Reporter::from("test"));
         let (wake, woken) = unbounded();
-        let watches = Arc::new(Watches::new(stores, metrics.clone(), recorder, wake));
+        let watches = Arc::new(Watches::new(
+            stores,
+            metrics.clone(),
+            recorder,
+            wake,
+            budget,
+        ));
         let provider = AwsSecretsManager::new(
             &aws,
             Some("app/"),
@@ -768,6 +904,51 @@ mod tests {
             RemoteValue::Text(text) => Some(text),
             RemoteValue::Binary(_) => None,
         }
+    }
+
+    #[tokio::test]
+    async fn kept_values_stay_within_their_budget_the_oldest_leaving_first() {
+        let value = "x".repeat(100);
+        let current = || Version::parse(None);
+        let read_of = |key: &str| Read {
+            key: key.into(),
+            ..read(current(), &format!("{key}-v1"), &["AWSCURRENT"], &value)
+        };
+        let size = read_of("a").secret.unwrap().bytes();
+        let (watches, _woken, provider) = watches_within(2 * size);
+        let check = VersionCheck::default();
+        for name in ["a", "b", "c"] {
+            watches.register(
+                es(name),
+                &provider,
+                check.clone(),
+                store(),
+                vec![read_of(name)],
+            );
+        }
+        let kept = watches.kept(&provider, &check);
+        assert!(kept.get("a", &current()).is_none(), "the oldest left");
+        assert!(!kept.holds_current("a"), "so a first sync reads it");
+        assert!(kept.get("b", &current()).is_some());
+        assert!(kept.get("c", &current()).is_some());
+        assert_eq!(watches.lock().ledger.bytes, 2 * size);
+
+        // Read again, it is the newest: the next oldest leaves.
+        watches.register(
+            es("a"),
+            &provider,
+            check.clone(),
+            store(),
+            vec![read_of("a")],
+        );
+        let kept = watches.kept(&provider, &check);
+        assert!(kept.get("a", &current()).is_some());
+        assert!(kept.get("b", &current()).is_none());
+        for name in ["a", "b", "c"] {
+            watches.forget(&es(name));
+        }
+        let state = watches.lock();
+        assert_eq!((state.ledger.bytes, state.ledger.values), (0, 0));
     }
 
     #[tokio::test]

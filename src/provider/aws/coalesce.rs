@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{AwsSecretsManager, BATCH_LIMIT};
 use crate::error::{Error, Result};
-use crate::provider::{RemoteSecret, RemoteValue};
+use crate::provider::RemoteSecret;
 use crate::store::IdentityKey;
 
 /// How long a read waits, when none is under way, for others to join it.
@@ -86,11 +86,7 @@ struct Held {
 }
 
 fn size_of(key: &str, secret: &RemoteSecret) -> usize {
-    let value = match &secret.value {
-        RemoteValue::Text(text) => text.len(),
-        RemoteValue::Binary(bytes) => bytes.len(),
-    };
-    key.len() + value + secret.version_id.as_ref().map_or(0, String::len)
+    key.len() + secret.bytes()
 }
 
 impl ReadAheadValues {
@@ -341,6 +337,7 @@ async fn send_all(queue: SharedQueue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::RemoteValue;
 
     fn secret(value: &str) -> RemoteSecret {
         RemoteSecret {
@@ -359,7 +356,8 @@ mod tests {
         values.insert("b".into(), start, secret("12"));
         // Read again before anyone took it: one value, counted once.
         values.insert("a".into(), start, secret("123456"));
-        assert_eq!(values.bytes, (1 + 6 + 2) + (1 + 2 + 2));
+        let stages = "AWSCURRENT".len();
+        assert_eq!(values.bytes, (1 + 6 + 2 + stages) + (1 + 2 + 2 + stages));
         let taken_at = start + Duration::from_secs(60);
         assert!(values.take("a", taken_at).is_some());
         assert!(
@@ -369,7 +367,7 @@ mod tests {
         values.drop_stale(taken_at + TAKEN_KEPT);
         assert!(!values.contains("a"), "its watch serves the next ones");
         assert!(values.contains("b"), "not taken: it waits for its sync");
-        assert_eq!(values.bytes, 1 + 2 + 2);
+        assert_eq!(values.bytes, 1 + 2 + 2 + stages);
     }
 
     #[test]
@@ -381,7 +379,7 @@ mod tests {
         values.drop_stale(start + READ_AHEAD_KEPT);
         assert!(!values.contains("old"));
         assert!(values.contains("new"));
-        assert_eq!(values.bytes, 3 + 1 + 2);
+        assert_eq!(values.bytes, 3 + 1 + 2 + "AWSCURRENT".len());
         assert_eq!(values.read.len(), 1);
     }
 }
