@@ -554,3 +554,51 @@ async fn cluster_store_with_referent_credentials_syncs() {
         .await
         .unwrap();
 }
+
+/// The ConfigMap that `templateFrom` names is watched: syncs render from memory, and an edit is used by the
+/// next sync.
+#[tokio::test]
+async fn template_sources_come_from_a_watch_and_follow_edits() {
+    let t = TestContext::new("template-watched").await;
+    let key = t.create_remote("db", "v1").await;
+    t.default_store("aws").await;
+    let template = |text: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tpl"},
+               "data": {"dsn": text}})
+        .to_string()
+    };
+    t.apply_yaml(&template("db://{{ value }}")).await;
+    let mut es: serde_json::Value = serde_json::from_str(&common::value_external_secret(
+        "api",
+        "aws",
+        "SecretStore",
+        &key,
+        None,
+    ))
+    .unwrap();
+    es["spec"]["target"] = json!({"template": {"templateFrom": [
+        {"configMap": {"name": "tpl", "items": [{"key": "dsn"}]}}
+    ]}});
+    t.apply_yaml(&es.to_string()).await;
+    let operator = t.start_operator();
+    wait_for_value(&t, "api", "dsn", "db://v1").await;
+    for forced in 1..=3 {
+        t.force_sync("api", &forced.to_string()).await;
+    }
+    t.apply_yaml(&template("pg://{{ value }}")).await;
+    let mut forced = 3;
+    wait_for("the edited template used", TIMEOUT, || {
+        forced += 1;
+        let forced = forced.to_string();
+        let t = &t;
+        async move {
+            t.force_sync("api", &forced).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let value = secret_value(t, "api", "dsn").await?;
+            (value == "pg://v1").then_some(()).ok_or(value)
+        }
+    })
+    .await;
+    let requests = operator.api_requests().await;
+    assert_eq!(requests.get("get configmaps"), None, "{requests:?}");
+}

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -32,7 +33,7 @@ use crate::data_hash::DataHasher;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::rotation::Watches;
-use crate::store::Stores;
+use crate::store::{Referenced, Stores};
 use crate::target::{Applied, FIELD_MANAGER};
 use backoff::Backoff;
 use first_syncs::FirstSyncs;
@@ -91,6 +92,9 @@ pub struct Context {
     refreshes: Arc<Refreshes>,
     /// What the Secrets we manage hold, from the ExternalSecret controller's watch of them and our applies.
     secret_versions: SecretVersions,
+    /// The ConfigMaps and Secrets that `templateFrom` names, each from a watch of it.
+    template_config_maps: Referenced<ConfigMap>,
+    template_secrets: Referenced<Secret>,
     /// When this process started.
     started: Timestamp,
     /// What this process keeps for each ExternalSecret, by `key`.
@@ -145,6 +149,8 @@ impl Context {
             resyncs: Arc::new(Resyncs::new(concurrency.into())),
             refreshes: Arc::default(),
             secret_versions: SecretVersions::new(),
+            template_config_maps: Referenced::new(client.clone()),
+            template_secrets: Referenced::new(client.clone()),
             kept: Mutex::default(),
             started: Timestamp::now(),
             store_cache,

@@ -27,7 +27,7 @@ use crate::provider::fake::FakeProvider;
 use identity::{Identities, Source};
 pub use identity::{IdentityKey, Plan};
 use namespaces::NamespaceLabels;
-use referenced::Referenced;
+pub use referenced::Referenced;
 
 /// The ServiceAccount annotation that names the role of its web identity, as IRSA uses it.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";

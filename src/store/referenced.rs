@@ -1,6 +1,7 @@
-//! The objects stores name (credentials Secrets, ServiceAccounts), each kept from a watch of it by name. A
-//! sync resolves its store's identity for every read, so reading them from the API server cost one to three
-//! requests per ExternalSecret synced; from here it costs none, and a change reaches the next sync.
+//! The objects that stores and templates name (credentials Secrets, ServiceAccounts, `templateFrom`
+//! ConfigMaps and Secrets), each kept from a watch of it by name. A sync resolves its store's identity for
+//! every read, and renders its templates, so reading them from the API server cost one to three requests
+//! per ExternalSecret synced; from here it costs none, and a change reaches the next sync.
 
 use std::collections::HashMap;
 use std::fmt::Debug;

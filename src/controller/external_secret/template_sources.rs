@@ -1,14 +1,12 @@
 //! `templateFrom`: the template texts kept in ConfigMaps and Secrets next to the ExternalSecret.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::Api;
-
 use crate::api::{SecretTemplate, TemplateScope};
 use crate::controller::Context;
 use crate::error::{Error, Result};
 use crate::template::TemplateSource;
 
-/// Reads `templateFrom` texts from ConfigMaps and Secrets in the ExternalSecret's namespace.
+/// Reads `templateFrom` texts from ConfigMaps and Secrets in the ExternalSecret's namespace, as their
+/// watches last saw them.
 pub(super) async fn template_sources(
     ctx: &Context,
     namespace: &str,
@@ -26,23 +24,22 @@ pub(super) async fn template_sources(
             });
         }
         let (kind, reference, mut texts) = if let Some(reference) = &from.config_map {
-            let map = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&reference.name)
+            let map = ctx
+                .template_config_maps
+                .get(namespace, &reference.name)
                 .await?;
             (
                 "ConfigMap",
                 reference,
-                map.map(|m| m.data.unwrap_or_default()),
+                map.map(|m| m.data.clone().unwrap_or_default()),
             )
         } else if let Some(reference) = &from.secret {
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&reference.name)
-                .await?;
+            let secret = ctx.template_secrets.get(namespace, &reference.name).await?;
             let texts = secret.map(|s| {
                 s.data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+                    .iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
                     .collect()
             });
             ("Secret", reference, texts)
