@@ -8,6 +8,7 @@ mod restart;
 mod resyncs;
 mod secret_store;
 mod secret_versions;
+mod workloads;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -40,6 +41,7 @@ use first_syncs::FirstSyncs;
 use refreshes::Refreshes;
 use resyncs::Resyncs;
 use secret_versions::SecretVersions;
+use workloads::Workloads;
 
 type StoreCacheWriters = (
     reflector::store::Writer<SecretStore>,
@@ -92,6 +94,8 @@ pub struct Context {
     refreshes: Arc<Refreshes>,
     /// What the Secrets we manage hold, from the ExternalSecret controller's watch of them and our applies.
     secret_versions: SecretVersions,
+    /// The workloads that asked to be restarted when their Secrets change.
+    workloads: Workloads,
     /// The ConfigMaps and Secrets that `templateFrom` names, each from a watch of it.
     template_config_maps: Referenced<ConfigMap>,
     template_secrets: Referenced<Secret>,
@@ -149,6 +153,7 @@ impl Context {
             resyncs: Arc::new(Resyncs::new(concurrency.into())),
             refreshes: Arc::default(),
             secret_versions: SecretVersions::new(),
+            workloads: Workloads::new(client.clone()),
             template_config_maps: Referenced::new(client.clone()),
             template_secrets: Referenced::new(client.clone()),
             kept: Mutex::default(),
@@ -269,6 +274,7 @@ impl Context {
 /// Runs every controller until `stopping` turns true, then lets the reconciles in flight finish.
 /// `namespace` limits namespaced watches to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::Receiver<bool>) {
+    ctx.workloads.watch_in(namespace.clone());
     futures::join!(
         external_secret::run(ctx.clone(), namespace.clone(), stopping.clone()),
         secret_store::run_namespaced(ctx.clone(), namespace, stopping.clone()),
@@ -350,6 +356,17 @@ async fn publish<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
+    publish_to(ctx, &object.object_ref(&()), type_, action, reason, note).await;
+}
+
+async fn publish_to(
+    ctx: &Context,
+    object: &ObjectReference,
+    type_: EventType,
+    action: &str,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
@@ -361,7 +378,8 @@ async fn publish<K: Resource<DynamicType = ()>>(
     // series, which during a first sync holds one event per ExternalSecret (a fifth of the heap at 5,000).
     // Ours are not repeated in a loop (a failure is reported once), so there is nothing to count.
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(err) = recorder.publish(&event, &object.object_ref(&())).await {
-        tracing::warn!(object = %object.name_any(), error = %err, "could not publish event");
+    if let Err(err) = recorder.publish(&event, object).await {
+        let name = object.name.as_deref().unwrap_or_default();
+        tracing::warn!(object = %name, error = %err, "could not publish event");
     }
 }
