@@ -22,5 +22,6 @@ pub mod target;
 pub mod task;
 pub mod telemetry;
 pub mod template;
+pub mod watched_map;
 
 pub use error::{Error, Result};

@@ -1,25 +1,17 @@
 //! Which namespaces may use a ClusterSecretStore (`spec.conditions`, as in ESO), and their labels.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use regex::Regex;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::api::ClusterSecretStoreCondition;
 use crate::error::{Error, Result};
-use crate::task::AbortOnDrop;
-
-/// How long reads wait for the watch's initial list, from its start, before reading the Namespace itself.
-const LISTED_WITHIN: Duration = Duration::from_secs(5);
+use crate::watched_map::WatchedMap;
 
 type Labels = BTreeMap<String, String>;
 
@@ -28,14 +20,7 @@ type Labels = BTreeMap<String, String>;
 /// was one request per sync.
 pub struct NamespaceLabels {
     client: Client,
-    watch: OnceLock<Watch>,
-}
-
-struct Watch {
-    labels: Arc<Mutex<HashMap<String, Labels>>>,
-    listed: watch::Receiver<bool>,
-    started: Instant,
-    _task: AbortOnDrop,
+    watch: OnceLock<WatchedMap<Labels>>,
 }
 
 impl NamespaceLabels {
@@ -49,62 +34,20 @@ impl NamespaceLabels {
     /// A namespace's labels; none for a namespace that does not exist. While the watch cannot list (no
     /// permission to watch namespaces, the API server away), the Namespace is read directly.
     pub async fn get(&self, namespace: &str) -> Result<Labels> {
-        let watch = self.watch.get_or_init(|| self.start());
-        let mut listed = watch.listed.clone();
-        let _ = tokio::time::timeout_at(
-            watch.started + LISTED_WITHIN,
-            listed.wait_for(|listed| *listed),
-        )
-        .await;
-        if *listed.borrow() {
-            let labels = watch.labels.lock().expect("never poisoned");
-            return Ok(labels.get(namespace).cloned().unwrap_or_default());
+        let watch = self.watch.get_or_init(|| {
+            WatchedMap::start(Api::<Namespace>::all(self.client.clone()), |ns| {
+                Some(ns.labels().clone())
+            })
+        });
+        if let Some(labels) = watch.listed().await {
+            let key = (String::new(), namespace.to_string());
+            return Ok(labels.get(&key).cloned().unwrap_or_default());
         }
         Ok(Api::<Namespace>::all(self.client.clone())
             .get_opt(namespace)
             .await?
             .map(|ns| ns.labels().clone())
             .unwrap_or_default())
-    }
-
-    fn start(&self) -> Watch {
-        let labels: Arc<Mutex<HashMap<String, Labels>>> = Arc::default();
-        let (sender, listed) = watch::channel(false);
-        let api = Api::<Namespace>::all(self.client.clone());
-        let kept = labels.clone();
-        let task = tokio::spawn(async move {
-            let mut events = Box::pin(crate::controller::watch_stream(
-                api,
-                watcher::Config::default(),
-            ));
-            let mut listing = HashMap::new();
-            while let Some(Ok(event)) = events.next().await {
-                match event {
-                    watcher::Event::Init => listing.clear(),
-                    watcher::Event::InitApply(ns) => {
-                        listing.insert(ns.name_any(), ns.metadata.labels.unwrap_or_default());
-                    }
-                    watcher::Event::InitDone => {
-                        *kept.lock().expect("never poisoned") = std::mem::take(&mut listing);
-                        sender.send_replace(true);
-                    }
-                    watcher::Event::Apply(ns) => {
-                        let name = ns.name_any();
-                        let labels = ns.metadata.labels.unwrap_or_default();
-                        kept.lock().expect("never poisoned").insert(name, labels);
-                    }
-                    watcher::Event::Delete(ns) => {
-                        kept.lock().expect("never poisoned").remove(&ns.name_any());
-                    }
-                }
-            }
-        });
-        Watch {
-            labels,
-            listed,
-            started: Instant::now(),
-            _task: AbortOnDrop(task.abort_handle()),
-        }
     }
 }
 
