@@ -2,7 +2,7 @@
 //!
 //! `api` holds the CRD types; `controller` the reconcilers; `provider` where values come from; `store` resolves a store's identity; `rotation` watches remote versions; `mapping` and
 //! `template` turn values into Secret data; `target` is the one place that writes Secrets; `metrics`, `server`
-//! and `telemetry` are what operators watch it with.
+//! and `telemetry` are what operators watch it with; `watched_map` keeps what watches of other kinds show.
 
 pub mod api;
 pub mod check;

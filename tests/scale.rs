@@ -214,6 +214,14 @@ async fn a_restart_reads_only_what_changed_meanwhile() {
     let asked = requests_between(&Default::default(), &operator.api_requests().await);
     let secret_reads = asked.get("get secrets").copied().unwrap_or_default();
     println!("API server requests after the restart: {asked:?}");
+    // The workloads to restart come from watches: one list of each kind, not one per data change.
+    for kind in ["deployments", "statefulsets", "daemonsets"] {
+        let lists = asked
+            .get(&format!("list {kind}"))
+            .copied()
+            .unwrap_or_default();
+        assert!(lists <= 1.0, "{lists} lists of {kind}");
+    }
     assert!(
         secret_reads <= (PER_SECRET + 2) as f64,
         "{secret_reads} Secret reads for {} rewritten Secrets",
