@@ -93,6 +93,8 @@ struct Few(Vec<String>);
 impl Few {
     fn insert(&mut self, value: String) {
         if !self.0.contains(&value) {
+            // `push` alone makes room for four.
+            self.0.reserve_exact(1);
             self.0.push(value);
         }
     }
