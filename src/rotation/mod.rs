@@ -173,7 +173,8 @@ impl Watched {
         self.detected.retain(|id, _| kept.contains(id));
     }
 
-    /// Keeps the value of VersionId `id` of the secret `full` in `group`, replacing one kept before.
+    /// Keeps the value of VersionId `id` of the secret `full` in `group`, unless kept already: a VersionId's
+    /// value never changes, and each ExternalSecret that reads the secret registers it again.
     fn keep_value(
         &mut self,
         ledger: &mut Ledger,
@@ -181,11 +182,11 @@ impl Watched {
         id: String,
         secret: RemoteSecret,
     ) {
-        let secret = Arc::new(secret);
-        ledger.added(at.0, at.1, &id, &secret);
-        if let Some(old) = self.values.insert(id, secret) {
-            ledger.removed(&old);
+        if self.values.contains_key(&id) {
+            return;
         }
+        ledger.added(at.0, at.1, &id, &secret);
+        self.values.insert(id, Arc::new(secret));
     }
 
     /// Its values leave with it.
@@ -597,14 +598,12 @@ impl Watches {
                                 wake.push(ObjectRef::clone(&es));
                             }
                         }
-                        if !watched.values.contains_key(&read.version_id) {
-                            watched.keep_value(
-                                &mut state.ledger,
-                                (&shared_key, &full),
-                                read.version_id.clone(),
-                                secret,
-                            );
-                        }
+                        watched.keep_value(
+                            &mut state.ledger,
+                            (&shared_key, &full),
+                            read.version_id.clone(),
+                            secret,
+                        );
                     }
                     // Known from status only (after a restart): a first guess until a check says more.
                     None => {
@@ -934,6 +933,18 @@ mod tests {
         assert!(kept.get("b", &current()).is_some());
         assert!(kept.get("c", &current()).is_some());
         assert_eq!(watches.lock().ledger.bytes, 2 * size);
+        // Every reader of a secret registers its value again: counted once, listed once.
+        for reader in ["c1", "c2", "c3"] {
+            watches.register(
+                es(reader),
+                &provider,
+                check.clone(),
+                store(),
+                vec![read_of("c")],
+            );
+        }
+        assert_eq!(watches.lock().ledger.bytes, 2 * size);
+        assert_eq!(watches.lock().ledger.order.len(), 2);
 
         // Read again, it is the newest: the next oldest leaves.
         watches.register(
@@ -946,7 +957,7 @@ mod tests {
         let kept = watches.kept(&provider, &check);
         assert!(kept.get("a", &current()).is_some());
         assert!(kept.get("b", &current()).is_none());
-        for name in ["a", "b", "c"] {
+        for name in ["a", "b", "c", "c1", "c2", "c3"] {
             watches.forget(&es(name));
         }
         let state = watches.lock();
