@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -33,38 +34,46 @@ pub struct Metrics {
     kept_values_evicted: IntCounter,
 }
 
+/// Registers a metric and hands it back, for `Metrics` to keep.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
-            metric
-        };
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "secretsync_reconcile_duration_seconds",
-                "Time spent in one reconcile",
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["controller"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(reconcile_duration.clone()))
-            .expect("unique metric");
-        let propagation = HistogramVec::new(
+        };
+        let reconcile_duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "secretsync_reconcile_duration_seconds",
+                    "Time spent in one reconcile",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["controller"],
+            )
+            .expect("valid metric"),
+        );
+        let propagation = registered(
+            &registry,
+            HistogramVec::new(
             HistogramOpts::new(
                 "secretsync_rotation_propagation_seconds",
                 "Time from a new remote version (noticed by a check, or the AWS event time) to the Secret written or the workload restart triggered",
@@ -74,34 +83,32 @@ impl Default for Metrics {
             ]),
             &["since", "until"],
         )
-        .expect("valid metric");
-        registry
-            .register(Box::new(propagation.clone()))
-            .expect("unique metric");
-        let leader = IntGauge::new(
+        .expect("valid metric"),
+        );
+        let leader = registered(
+            &registry,
+            IntGauge::new(
             "secretsync_leader",
             "1 while this replica runs the controllers (holds the leader lease, or runs without election)",
         )
-        .expect("valid metric");
-        registry
-            .register(Box::new(leader.clone()))
-            .expect("unique metric");
-        let kept_value_bytes = IntGauge::new(
+        .expect("valid metric"),
+        );
+        let kept_value_bytes = registered(
+            &registry,
+            IntGauge::new(
             "secretsync_kept_value_bytes",
             "Bytes of secret values kept for rotations and first syncs (bounded by --kept-values-budget)",
         )
-        .expect("valid metric");
-        registry
-            .register(Box::new(kept_value_bytes.clone()))
-            .expect("unique metric");
-        let kept_values_evicted = IntCounter::new(
+        .expect("valid metric"),
+        );
+        let kept_values_evicted = registered(
+            &registry,
+            IntCounter::new(
             "secretsync_kept_values_evicted_total",
             "Kept values dropped to stay within --kept-values-budget (each is read again when needed)",
         )
-        .expect("valid metric");
-        registry
-            .register(Box::new(kept_values_evicted.clone()))
-            .expect("unique metric");
+        .expect("valid metric"),
+        );
         let external_secrets = ExternalSecretSeries::default();
         Metrics {
             leader,

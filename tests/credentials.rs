@@ -876,12 +876,7 @@ async fn a_namespace_no_longer_admitted_stops_its_watches() {
     .await;
     t.wait_for_value("app", "v1").await;
     let watched = r#"secretsync_remote_secrets_watched{strategy="ListSecrets"}"#;
-    let gauge = || async {
-        let (_, metrics) = operator.http_get("/metrics").await.unwrap_or_default();
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(watched)?.trim().parse::<f64>().ok())
-    };
+    let gauge = || operator.metric(watched);
     assert_eq!(gauge().await, Some(1.0));
 
     t.apply_yaml(&conditions(&["some-other-namespace"])).await;

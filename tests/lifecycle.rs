@@ -31,14 +31,6 @@ async fn wait_for_holder(t: &TestContext, expected: &str) {
     .await;
 }
 
-/// The value of an unlabelled metric in an operator's /metrics.
-async fn metric(operator: &Operator, name: &str) -> Option<f64> {
-    let (_, body) = operator.http_get("/metrics").await.ok()?;
-    body.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.parse().ok())
-}
-
 fn replica(pod: &'static str) -> [(&'static str, &'static str); 2] {
     [("SECRETSYNC_LEADER_ELECT", "true"), ("POD_NAME", pod)]
 }
@@ -61,8 +53,8 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
         }
     })
     .await;
-    assert_eq!(metric(&first, "secretsync_leader").await, Some(1.0));
-    assert_eq!(metric(&second, "secretsync_leader").await, Some(0.0));
+    assert_eq!(first.metric("secretsync_leader").await, Some(1.0));
+    assert_eq!(second.metric("secretsync_leader").await, Some(0.0));
     assert_eq!(holder(&t).await.as_deref(), Some("replica-a"));
     assert!(
         !second.log().contains("secretsync started"),
@@ -87,7 +79,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
         released.elapsed().as_secs_f64()
     );
     t.sync_value("after", "aws", &key, "v1").await;
-    assert_eq!(metric(&second, "secretsync_leader").await, Some(1.0));
+    assert_eq!(second.metric("secretsync_leader").await, Some(1.0));
 
     let (code, _) = second.terminate();
     assert_eq!(code, Some(0), "{}", second.log());
@@ -105,7 +97,7 @@ async fn without_election_sigterm_stops_cleanly() {
     let key = t.create_remote("db", "v1").await;
     let mut operator = t.start_operator();
     t.sync_value("app", "aws", &key, "v1").await;
-    assert_eq!(metric(&operator, "secretsync_leader").await, Some(1.0));
+    assert_eq!(operator.metric("secretsync_leader").await, Some(1.0));
     let (code, _) = operator.terminate();
     assert_eq!(code, Some(0), "{}", operator.log());
     assert!(

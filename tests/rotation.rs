@@ -54,13 +54,6 @@ async fn synced_versions(t: &TestContext, name: &str) -> BTreeMap<String, String
         .collect()
 }
 
-/// The value of one metric series, as the operator's /metrics shows it.
-async fn metric(operator: &Operator, series: &str) -> Option<f64> {
-    let (_, text) = operator.http_get("/metrics").await.ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 fn calls_since(start: usize) -> Vec<Call> {
     recorded_calls().into_iter().skip(start).collect()
 }
@@ -151,23 +144,19 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
 
     let strategy = r#"{strategy="ListSecrets"}"#;
     assert_eq!(
-        metric(
-            &operator,
-            &format!("secretsync_remote_secrets_watched{strategy}")
-        )
-        .await,
+        operator
+            .metric(&format!("secretsync_remote_secrets_watched{strategy}"))
+            .await,
         Some(50.0)
     );
     assert_eq!(
-        metric(
-            &operator,
-            &format!("secretsync_rotations_detected_total{strategy}")
-        )
-        .await,
+        operator
+            .metric(&format!("secretsync_rotations_detected_total{strategy}"))
+            .await,
         Some(1.0)
     );
     let written = r#"secretsync_rotation_propagation_seconds_count{since="detection",until="secret_written"}"#;
-    assert_eq!(metric(&operator, written).await, Some(4.0));
+    assert_eq!(operator.metric(written).await, Some(4.0));
 }
 
 #[tokio::test]
@@ -223,7 +212,7 @@ async fn an_event_on_the_queue_propagates_within_two_seconds() {
     let from_event =
         r#"secretsync_rotation_propagation_seconds_count{since="event",until="secret_written"}"#;
     wait_for("the propagation metric", TIMEOUT, || async {
-        let count = metric(&operator, from_event).await;
+        let count = operator.metric(from_event).await;
 
         (count == Some(1.0)).then_some(()).ok_or(count)
     })
@@ -533,8 +522,10 @@ async fn values_past_the_kept_values_budget_are_read_again_when_needed() {
         t.wait_for_value(&format!("es{i:02}"), &format!("v1-{}", i % 10))
             .await;
     }
-    let kept = metric(&operator, "secretsync_kept_value_bytes").await;
-    let evicted = metric(&operator, "secretsync_kept_values_evicted_total").await;
+    let kept = operator.metric("secretsync_kept_value_bytes").await;
+    let evicted = operator
+        .metric("secretsync_kept_values_evicted_total")
+        .await;
     println!("10 secrets kept within {BUDGET} bytes: {kept:?} bytes kept, {evicted:?} evicted");
     assert!(
         kept.is_some_and(|kept| kept <= BUDGET),
@@ -552,7 +543,7 @@ async fn values_past_the_kept_values_budget_are_read_again_when_needed() {
         t.wait_for_value(&format!("es{i:02}"), &format!("v2-{}", i % 10))
             .await;
     }
-    let kept = metric(&operator, "secretsync_kept_value_bytes").await;
+    let kept = operator.metric("secretsync_kept_value_bytes").await;
     assert!(
         kept.is_some_and(|kept| kept <= BUDGET),
         "{kept:?} bytes kept"

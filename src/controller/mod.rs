@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -96,9 +96,8 @@ pub struct Context {
     secret_versions: SecretVersions,
     /// The workloads that asked to be restarted when their Secrets change.
     workloads: Workloads,
-    /// The ConfigMaps and Secrets that `templateFrom` names, each from a watch of it.
+    /// The ConfigMaps that `templateFrom` names, each from a watch of it (its Secrets come from `stores`).
     template_config_maps: Referenced<ConfigMap>,
-    template_secrets: Referenced<Secret>,
     /// When this process started.
     started: Timestamp,
     /// What this process keeps for each ExternalSecret, by `key`.
@@ -155,7 +154,6 @@ impl Context {
             secret_versions: SecretVersions::new(),
             workloads: Workloads::new(client.clone()),
             template_config_maps: Referenced::new(client.clone()),
-            template_secrets: Referenced::new(client.clone()),
             kept: Mutex::default(),
             started: Timestamp::now(),
             store_cache,

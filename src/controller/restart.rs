@@ -102,26 +102,34 @@ impl WorkloadKind {
         name: &str,
         patch: &serde_json::Value,
     ) -> kube::Result<()> {
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        let patch = Patch::Merge(patch);
         match self {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
-                .patch(name, &params, &patch)
-                .await
-                .map(drop),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .patch(name, &params, &patch)
-                .await
-                .map(drop),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
-                .patch(name, &params, &patch)
-                .await
-                .map(drop),
+            WorkloadKind::Deployment => {
+                merge_patch::<Deployment>(client, namespace, name, patch).await
+            }
+            WorkloadKind::StatefulSet => {
+                merge_patch::<StatefulSet>(client, namespace, name, patch).await
+            }
+            WorkloadKind::DaemonSet => {
+                merge_patch::<DaemonSet>(client, namespace, name, patch).await
+            }
         }
     }
+}
+
+async fn merge_patch<W: Workload>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> kube::Result<()> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    Api::<W>::namespaced(client.clone(), namespace)
+        .patch(name, &params, &Patch::Merge(patch))
+        .await
+        .map(drop)
 }
 
 /// What a restart needs of a workload annotated `restart-on-change`.

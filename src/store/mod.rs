@@ -63,7 +63,8 @@ pub struct Stores {
     metrics: Arc<Metrics>,
     identities: Identities,
     shared_reads: Arc<SharedReads>,
-    /// Credentials Secrets and ServiceAccounts that stores name.
+    /// Credentials Secrets and ServiceAccounts that stores name; the Secrets that `templateFrom` names
+    /// share the Secrets' watches.
     secrets: Referenced<Secret>,
     service_accounts: Referenced<ServiceAccount>,
     namespace_labels: NamespaceLabels,
@@ -81,6 +82,16 @@ impl Stores {
             identities: Identities::default(),
             shared_reads: Arc::default(),
         }
+    }
+
+    /// A Secret as its watch by name last saw it: for `templateFrom`, which shares the watches of the
+    /// credentials Secrets.
+    pub async fn referenced_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Secret>>> {
+        self.secrets.get(namespace, name).await
     }
 
     /// Refuses a namespace that the store's `conditions` keep out.

@@ -778,19 +778,18 @@ impl Operator {
         }
     }
 
-    /// Its count of finished ExternalSecret reconciles.
-    pub async fn reconciles(&self) -> f64 {
-        let (_, metrics) = self.http_get("/metrics").await.unwrap_or_default();
+    /// The value of one series (a name, with its labels if it has any) in its /metrics.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, metrics) = self.http_get("/metrics").await.ok()?;
         metrics
             .lines()
-            .find_map(|line| {
-                line.strip_prefix(
-                    r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#,
-                )?
-                .trim()
-                .parse()
-                .ok()
-            })
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Its count of finished ExternalSecret reconciles.
+    pub async fn reconciles(&self) -> f64 {
+        self.metric(r#"secretsync_reconcile_duration_seconds_count{controller="externalsecret"}"#)
+            .await
             .unwrap_or_default()
     }
 

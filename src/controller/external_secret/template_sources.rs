@@ -34,7 +34,10 @@ pub(super) async fn template_sources(
                 map.map(|m| m.data.clone().unwrap_or_default()),
             )
         } else if let Some(reference) = &from.secret {
-            let secret = ctx.template_secrets.get(namespace, &reference.name).await?;
+            let secret = ctx
+                .stores
+                .referenced_secret(namespace, &reference.name)
+                .await?;
             let texts = secret.map(|s| {
                 s.data
                     .iter()
