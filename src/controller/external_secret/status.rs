@@ -52,19 +52,29 @@ pub(super) async fn record_success(
     status.propagated_data_hash = propagated;
     ctx.metrics
         .external_secret_ready(namespace, &es.name_any(), None);
-    if status != old || written != Written::Unchanged {
-        status.refresh_time = Some(Time(Timestamp::now()));
-        patch_status(ctx, es, namespace, &status).await?;
-    }
+    let changed = status != old || written != Written::Unchanged;
     let event = match written {
         Written::Created => Some(("Created", format!("Created Secret {target:?}"))),
         Written::Updated { .. } => Some(("Updated", format!("Updated Secret {target:?}"))),
         Written::Unchanged => None,
     };
-    if let Some((reason, note)) = event {
-        publish(ctx, es, EventType::Normal, "Sync", reason, note).await;
-    }
-    Ok(())
+    // The event reports the Secret written, which stands whatever the status write does: the two go to the
+    // API server together, so a sync waits for one round trip, not two (a first sync makes both for each
+    // ExternalSecret).
+    let status_written = async {
+        if changed {
+            status.refresh_time = Some(Time(Timestamp::now()));
+            patch_status(ctx, es, namespace, &status).await?;
+        }
+        Ok(())
+    };
+    let published = async {
+        if let Some((reason, note)) = event {
+            publish(ctx, es, EventType::Normal, "Sync", reason, note).await;
+        }
+    };
+    let (status_written, ()) = tokio::join!(status_written, published);
+    status_written
 }
 
 /// Every remote secret is gone: with `Delete` or `Merge` the Secret was cleaned up (`SecretDeleted`);
