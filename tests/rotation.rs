@@ -61,33 +61,18 @@ fn calls_since(start: usize) -> Vec<Call> {
 #[tokio::test]
 async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
     let t = TestContext::new("shared-watch").await;
-    let mut keys = Vec::new();
-    for i in 0..50 {
-        keys.push(
-            t.create_remote(&format!("r{i:02}"), &format!("v1-{i}"))
-                .await,
-        );
-    }
+    let keys = t.numbered_remotes("r", 50).await;
     t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "2s"}))
         .await;
     let operator = t.start_operator();
-    for i in 0..200 {
-        t.apply_yaml(&value_external_secret(
-            &format!("es{i:03}"),
-            "aws",
-            "SecretStore",
-            &keys[i % 50],
-            None,
-        ))
-        .await;
-    }
+    t.numbered_external_secrets("aws", 200, &keys).await;
     wait_for("200 Secrets", Duration::from_secs(120), || async {
         let count = secret_versions(&t).await.len();
         (count == 200).then_some(()).ok_or(count)
     })
     .await;
     for i in [0, 49, 199] {
-        t.wait_for_value(&format!("es{i:03}"), &format!("v1-{}", i % 50))
+        t.wait_for_value(&format!("es-{i}"), &format!("v1-{}", i % 50))
             .await;
     }
 
@@ -119,7 +104,7 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
     let start = recorded_calls().len();
     let rotated = &keys[7];
     let new_id = t.put_remote(rotated, "v2-7").await;
-    let readers: BTreeSet<String> = [7, 57, 107, 157].map(|i| format!("es{i:03}")).into();
+    let readers: BTreeSet<String> = [7, 57, 107, 157].map(|i| format!("es-{i}")).into();
     for name in &readers {
         t.wait_for_value(name, "v2-7").await;
     }
@@ -140,7 +125,7 @@ async fn a_quiet_check_costs_one_list_and_a_rotation_one_batched_read() {
         .filter(|c| keys.iter().filter(|k| *k != rotated).any(|k| c.reads(k)))
         .collect();
     assert!(other_reads.is_empty(), "{other_reads:?}");
-    assert_eq!(synced_versions(&t, "es057").await[rotated], new_id);
+    assert_eq!(synced_versions(&t, "es-57").await[rotated], new_id);
 
     let strategy = r#"{strategy="ListSecrets"}"#;
     assert_eq!(
@@ -498,28 +483,16 @@ async fn a_store_change_moves_its_external_secrets_to_the_new_check() {
 async fn values_past_the_kept_values_budget_are_read_again_when_needed() {
     const BUDGET: f64 = 150.0;
     let t = TestContext::new("kept-budget").await;
-    let mut keys = Vec::new();
-    for i in 0..10 {
-        keys.push(t.create_remote(&format!("b{i}"), &format!("v1-{i}")).await);
-    }
+    let keys = t.numbered_remotes("b", 10).await;
     t.store_with_check("aws", json!({"strategy": "ListSecrets", "interval": "2s"}))
         .await;
     let operator = Operator::start(
         &t.namespace,
         &[("SECRETSYNC_KEPT_VALUES_BUDGET", &BUDGET.to_string())],
     );
+    t.numbered_external_secrets("aws", 20, &keys).await;
     for i in 0..20 {
-        t.apply_yaml(&value_external_secret(
-            &format!("es{i:02}"),
-            "aws",
-            "SecretStore",
-            &keys[i % 10],
-            None,
-        ))
-        .await;
-    }
-    for i in 0..20 {
-        t.wait_for_value(&format!("es{i:02}"), &format!("v1-{}", i % 10))
+        t.wait_for_value(&format!("es-{i}"), &format!("v1-{}", i % 10))
             .await;
     }
     let kept = operator.metric("secretsync_kept_value_bytes").await;
@@ -540,7 +513,7 @@ async fn values_past_the_kept_values_budget_are_read_again_when_needed() {
         t.put_remote(&keys[i], &format!("v2-{i}")).await;
     }
     for i in [0, 9, 10, 19] {
-        t.wait_for_value(&format!("es{i:02}"), &format!("v2-{}", i % 10))
+        t.wait_for_value(&format!("es-{i}"), &format!("v2-{}", i % 10))
             .await;
     }
     let kept = operator.metric("secretsync_kept_value_bytes").await;

@@ -19,25 +19,14 @@ const PER_SECRET: usize = 4;
 /// `SECRETS` remote secrets (`v1-<i>`), a store checking them with ListSecrets every `interval`, and
 /// `PER_SECRET` ExternalSecrets `es-<i>` on each, neighbours reading different secrets. Returns the keys.
 async fn numbered_external_secrets(t: &TestContext, interval: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    for i in 0..SECRETS {
-        keys.push(t.create_remote(&format!("s{i}"), &format!("v1-{i}")).await);
-    }
+    let keys = t.numbered_remotes("s", SECRETS).await;
     t.store_with_check(
         "aws",
         json!({"strategy": "ListSecrets", "interval": interval}),
     )
     .await;
-    for i in 0..SECRETS * PER_SECRET {
-        t.apply_yaml(&value_external_secret(
-            &format!("es-{i}"),
-            "aws",
-            "SecretStore",
-            &keys[i % SECRETS],
-            None,
-        ))
+    t.numbered_external_secrets("aws", SECRETS * PER_SECRET, &keys)
         .await;
-    }
     keys
 }
 

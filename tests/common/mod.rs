@@ -514,7 +514,33 @@ pub fn value_external_secret(
 }
 
 impl TestContext {
-    /// Waits until the Secret `name` holds `expected` under the key `value`.
+    /// `count` remote secrets `<prefix><i>` holding `v1-<i>`; returns their keys.
+    pub async fn numbered_remotes(&self, prefix: &str, count: usize) -> Vec<String> {
+        let mut keys = Vec::new();
+        for i in 0..count {
+            keys.push(
+                self.create_remote(&format!("{prefix}{i}"), &format!("v1-{i}"))
+                    .await,
+            );
+        }
+        keys
+    }
+
+    /// ExternalSecrets `es-<i>` for `i` below `count`, through the SecretStore `store`, each reading
+    /// `keys[i % keys.len()]`: neighbours read different secrets.
+    pub async fn numbered_external_secrets(&self, store: &str, count: usize, keys: &[String]) {
+        for i in 0..count {
+            self.apply_yaml(&value_external_secret(
+                &format!("es-{i}"),
+                store,
+                "SecretStore",
+                &keys[i % keys.len()],
+                None,
+            ))
+            .await;
+        }
+    }
+
     /// Applies a one-key ExternalSecret on a SecretStore and waits for its Secret to hold `expected`.
     pub async fn sync_value(&self, name: &str, store: &str, key: &str, expected: &str) {
         self.apply_yaml(&value_external_secret(
