@@ -74,40 +74,40 @@ impl Default for Metrics {
         let propagation = registered(
             &registry,
             HistogramVec::new(
-            HistogramOpts::new(
-                "secretsync_rotation_propagation_seconds",
-                "Time from a new remote version (noticed by a check, or the AWS event time) to the Secret written or the workload restart triggered",
+                HistogramOpts::new(
+                    "secretsync_rotation_propagation_seconds",
+                    "Time from a new remote version (noticed by a check, or the AWS event time) to the Secret written or the workload restart triggered",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+                ]),
+                &["since", "until"],
             )
-            .buckets(vec![
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
-            ]),
-            &["since", "until"],
-        )
-        .expect("valid metric"),
+            .expect("valid metric"),
         );
         let leader = registered(
             &registry,
             IntGauge::new(
-            "secretsync_leader",
-            "1 while this replica runs the controllers (holds the leader lease, or runs without election)",
-        )
-        .expect("valid metric"),
+                "secretsync_leader",
+                "1 while this replica runs the controllers (holds the leader lease, or runs without election)",
+            )
+            .expect("valid metric"),
         );
         let kept_value_bytes = registered(
             &registry,
             IntGauge::new(
-            "secretsync_kept_value_bytes",
-            "Bytes of secret values kept for rotations and first syncs (bounded by --kept-values-budget)",
-        )
-        .expect("valid metric"),
+                "secretsync_kept_value_bytes",
+                "Bytes of secret values kept for rotations and first syncs (bounded by --kept-values-budget)",
+            )
+            .expect("valid metric"),
         );
         let kept_values_evicted = registered(
             &registry,
             IntCounter::new(
-            "secretsync_kept_values_evicted_total",
-            "Kept values dropped to stay within --kept-values-budget (each is read again when needed)",
-        )
-        .expect("valid metric"),
+                "secretsync_kept_values_evicted_total",
+                "Kept values dropped to stay within --kept-values-budget (each is read again when needed)",
+            )
+            .expect("valid metric"),
         );
         let external_secrets = ExternalSecretSeries::default();
         Metrics {
