@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod data_hash;
 pub mod error;
+pub mod es_name;
 pub mod fetch;
 pub mod leader;
 pub mod mapping;

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{CreationPolicy, ExternalSecret};
-use crate::data_hash::DataHasher;
+use crate::data_hash::{DataHasher, HashBytes};
 use crate::error::{Error, MAX_SECRET_BYTES, Result};
 use crate::template::Rendered;
 use sha2::{Digest, Sha256};
@@ -123,9 +123,9 @@ pub fn is_intact(existing: &Secret, es: &ExternalSecret, hasher: &DataHasher) ->
 pub struct Desired {
     secret: Secret,
     /// Keyed hash of the whole object (labels, annotations, type, owner, data): equal digests, equal applies.
-    digest: String,
+    digest: HashBytes,
     /// Keyed hash of its data, as `our_data_hash` reads it back once applied.
-    data_hash: String,
+    data_hash: HashBytes,
 }
 
 impl Desired {
@@ -140,9 +140,9 @@ impl Desired {
 #[derive(Clone)]
 pub struct Applied {
     pub resource_version: String,
-    digest: String,
+    digest: HashBytes,
     /// Keyed hash of our keys' data (see `our_data_hash`).
-    pub data_hash: String,
+    pub data_hash: HashBytes,
     /// The ExternalSecret that applied it, when not the one of the Secret's name.
     written_by: Option<Box<str>>,
     /// Whether this process's apply returned it. Otherwise a list of our Secrets' metadata showed it
@@ -155,8 +155,8 @@ impl Applied {
         let name = es.name_any();
         Applied {
             resource_version,
-            digest: desired.digest.clone(),
-            data_hash: desired.data_hash.clone(),
+            digest: desired.digest,
+            data_hash: desired.data_hash,
             written_by: (name != es.target_name()).then(|| name.into()),
             confirmed: true,
         }
@@ -193,8 +193,8 @@ impl Applied {
         }
         Some(Applied {
             resource_version: meta.resource_version.clone()?,
-            digest: annotations.get(APPLIED_HASH_ANNOTATION)?.clone(),
-            data_hash: annotations.get(DATA_HASH_ANNOTATION)?.clone(),
+            digest: HashBytes::from_hex(annotations.get(APPLIED_HASH_ANNOTATION)?)?,
+            data_hash: HashBytes::from_hex(annotations.get(DATA_HASH_ANNOTATION)?)?,
             written_by: (Some(writer) != meta.name.as_ref()).then(|| writer.as_str().into()),
             confirmed: false,
         })
@@ -224,7 +224,7 @@ pub fn desired(
             bytes,
         });
     }
-    let data_hash = hasher.hash(&data);
+    let data_hash = hasher.hash_bytes(&data);
     let mut secret = match es.spec.target.creation_policy {
         CreationPolicy::None => return Ok(None),
         CreationPolicy::Merge => Secret {
@@ -243,11 +243,11 @@ pub fn desired(
             rendered.labels,
             rendered.annotations,
             data,
-            data_hash.clone(),
+            data_hash.to_string(),
         ),
     };
     let serialized = serde_json::to_vec(&secret).expect("a Secret serializes");
-    let digest = hasher.hash(&BTreeMap::from([(
+    let digest = hasher.hash_bytes(&BTreeMap::from([(
         "secret".to_string(),
         ByteString(serialized),
     )]));
@@ -255,7 +255,7 @@ pub fn desired(
     if es.spec.target.creation_policy != CreationPolicy::Merge {
         secret
             .annotations_mut()
-            .insert(APPLIED_HASH_ANNOTATION.to_string(), digest.clone());
+            .insert(APPLIED_HASH_ANNOTATION.to_string(), digest.to_string());
     }
     Ok(Some(Desired {
         secret,
@@ -275,7 +275,11 @@ pub async fn write(
     if let Some(before) = before
         && es.spec.target.creation_policy != CreationPolicy::Merge
         && before.immutable == Some(true)
-        && before.annotations().get(DATA_HASH_ANNOTATION) != Some(&desired.data_hash)
+        && before
+            .annotations()
+            .get(DATA_HASH_ANNOTATION)
+            .and_then(|hash| HashBytes::from_hex(hash))
+            != Some(desired.data_hash)
     {
         return Err(Error::ImmutableSecret(before.name_any()));
     }

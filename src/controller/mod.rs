@@ -30,7 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::api::{ClusterSecretStore, CreationPolicy, ExternalSecret, SecretStore};
-use crate::data_hash::DataHasher;
+use crate::data_hash::{DataHasher, HashBytes};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::rotation::Watches;
@@ -62,7 +62,7 @@ struct Kept {
     /// own status write, and a refresh that changed nothing writes no status.
     last_sync: Option<LastSync>,
     /// Its `status.propagatedDataHash` as this process last wrote it, for the same reason.
-    propagated: Option<String>,
+    propagated: Option<HashBytes>,
 }
 
 impl Kept {
@@ -216,11 +216,12 @@ impl Context {
     }
 
     fn propagated(&self, key: &str) -> Option<String> {
-        self.kept(key, |kept| kept.propagated.clone())
+        self.kept(key, |kept| kept.propagated.map(|hash| hash.to_string()))
     }
 
-    fn set_propagated(&self, key: &str, data_hash: String) {
-        self.keep(key, |kept| kept.propagated = Some(data_hash));
+    /// `data_hash` is one of our hashes; anything else is forgotten, and status says instead.
+    fn set_propagated(&self, key: &str, data_hash: &str) {
+        self.keep(key, |kept| kept.propagated = HashBytes::from_hex(data_hash));
     }
 
     fn forget_kept(&self, key: &str) {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::resyncs::Resyncs;
 use crate::api::ExternalSecret;
+use crate::es_name::EsName;
 
 /// Sweeps run at most this often: each looks at every ExternalSecret, so due ones are gathered a little
 /// late rather than swept for one by one.
@@ -29,7 +30,7 @@ pub struct Refreshes {
 
 #[derive(Default)]
 struct State {
-    due: HashMap<ObjectRef<ExternalSecret>, Instant>,
+    due: HashMap<EsName, Instant>,
     /// When the sweeper wakes next, if it sleeps.
     next_sweep: Option<Instant>,
 }
@@ -38,6 +39,7 @@ impl Refreshes {
     /// Syncs `es` after `after`, instead of when it was due before; never again by itself with `None`.
     pub fn schedule(&self, es: ObjectRef<ExternalSecret>, after: Option<Duration>) {
         let mut state = self.state.lock().expect("never poisoned");
+        let es = EsName::from(&es);
         let Some(after) = after else {
             state.due.remove(&es);
             return;
@@ -51,7 +53,7 @@ impl Refreshes {
         }
     }
 
-    pub fn retain(&self, live: impl Fn(&ObjectRef<ExternalSecret>) -> bool) {
+    pub fn retain(&self, live: impl Fn(&EsName) -> bool) {
         self.state
             .lock()
             .expect("never poisoned")
@@ -60,7 +62,7 @@ impl Refreshes {
     }
 
     /// Takes those due by `now`, and plans the next sweep for the next one due.
-    fn take_due(&self, now: Instant) -> Vec<ObjectRef<ExternalSecret>> {
+    fn take_due(&self, now: Instant) -> Vec<EsName> {
         let mut state = self.state.lock().expect("never poisoned");
         let mut taken = Vec::new();
         let mut next: Option<Instant> = None;
@@ -116,14 +118,14 @@ mod tests {
         refreshes.schedule(es("never"), None);
         let next_sweep = |refreshes: &Refreshes| refreshes.state.lock().unwrap().next_sweep;
         let now = start + Duration::from_secs(5);
-        assert_eq!(refreshes.take_due(now), vec![es("soon")]);
+        assert_eq!(refreshes.take_due(now), vec![EsName::from(&es("soon"))]);
         assert_eq!(
             next_sweep(&refreshes),
             Some(start + Duration::from_secs(60))
         );
         // Rescheduling replaces what was due before.
         refreshes.schedule(es("later"), Some(Duration::from_secs(1)));
-        assert_eq!(refreshes.take_due(now), vec![es("later")]);
+        assert_eq!(refreshes.take_due(now), vec![EsName::from(&es("later"))]);
         assert_eq!(next_sweep(&refreshes), Some(now + IDLE_SWEEP));
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::api::ExternalSecret;
+use crate::es_name::EsName;
 
 /// A sync handed over this long ago counts as finished even if the controller never reported it (the
 /// ExternalSecret was deleted meanwhile, so the controller dropped it), so that no slot stays taken.
@@ -25,12 +26,13 @@ pub struct Resyncs {
     ahead: usize,
 }
 
+/// A store change puts every ExternalSecret of the store here at once, so each is held by name only.
 #[derive(Default)]
 struct State {
-    waiting: VecDeque<ObjectRef<ExternalSecret>>,
+    waiting: VecDeque<EsName>,
     /// What `waiting` holds, so that one asked for twice waits once.
-    waiting_set: HashSet<ObjectRef<ExternalSecret>>,
-    handed_over: HashMap<ObjectRef<ExternalSecret>, Instant>,
+    waiting_set: HashSet<EsName>,
+    handed_over: HashMap<EsName, Instant>,
 }
 
 impl Resyncs {
@@ -43,9 +45,9 @@ impl Resyncs {
     }
 
     /// Asks for these ExternalSecrets to be synced, behind those already waiting.
-    pub fn request(&self, refs: impl IntoIterator<Item = ObjectRef<ExternalSecret>>) {
+    pub fn request(&self, names: impl IntoIterator<Item = EsName>) {
         let mut state = self.state.lock().expect("never poisoned");
-        for es in refs {
+        for es in names {
             if state.waiting_set.insert(es.clone()) {
                 state.waiting.push_back(es);
             }
@@ -61,7 +63,7 @@ impl Resyncs {
             .lock()
             .expect("never poisoned")
             .handed_over
-            .remove(es)
+            .remove(&EsName::from(es))
             .is_some();
         if freed {
             self.changed.notify_one();
@@ -79,8 +81,9 @@ impl Resyncs {
         }
         let es = state.waiting.pop_front()?;
         state.waiting_set.remove(&es);
-        state.handed_over.insert(es.clone(), Instant::now());
-        Some(es)
+        let es_ref = es.object_ref();
+        state.handed_over.insert(es, Instant::now());
+        Some(es_ref)
     }
 
     /// The ExternalSecrets to sync, as slots free up; for `Controller::reconcile_on`.
@@ -107,10 +110,14 @@ mod tests {
         ObjectRef::new(name).within("ns")
     }
 
+    fn named(name: &str) -> EsName {
+        EsName::from(&es(name))
+    }
+
     #[tokio::test]
     async fn hands_over_no_more_than_its_slots_until_syncs_finish() {
         let resyncs = Arc::new(Resyncs::new(2));
-        resyncs.request([es("a"), es("b"), es("a"), es("c")]);
+        resyncs.request([named("a"), named("b"), named("a"), named("c")]);
         let mut stream = Box::pin(resyncs.clone().stream());
         assert_eq!(stream.next().await, Some(es("a")));
         assert_eq!(stream.next().await, Some(es("b")));
@@ -130,7 +137,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slot_never_finished_frees_itself() {
         let resyncs = Arc::new(Resyncs::new(1));
-        resyncs.request([es("gone"), es("next")]);
+        resyncs.request([named("gone"), named("next")]);
         let mut stream = Box::pin(resyncs.clone().stream());
         assert_eq!(stream.next().await, Some(es("gone")));
         assert_eq!(stream.next().await, Some(es("next")));

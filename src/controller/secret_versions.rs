@@ -15,8 +15,8 @@ use tokio::sync::watch;
 
 use crate::target::Applied;
 
-/// By (namespace, name).
-type Versions = HashMap<(String, String), Seen>;
+/// By `namespace/name`, one allocation rather than two.
+type Versions = HashMap<Box<str>, Seen>;
 
 enum Seen {
     /// Written by someone since our last apply, or by this process before its watch showed it.
@@ -46,8 +46,12 @@ struct State {
     listing: Option<Versions>,
 }
 
-fn key(secret: &PartialObjectMeta<Secret>) -> (String, String) {
-    (secret.namespace().unwrap_or_default(), secret.name_any())
+fn key(namespace: &str, name: &str) -> Box<str> {
+    format!("{namespace}/{name}").into()
+}
+
+fn key_of(secret: &PartialObjectMeta<Secret>) -> Box<str> {
+    key(&secret.namespace().unwrap_or_default(), &secret.name_any())
 }
 
 fn version(secret: &PartialObjectMeta<Secret>) -> Seen {
@@ -68,17 +72,17 @@ impl SecretVersions {
         let mut state = self.state.lock().expect("never poisoned");
         match event {
             Event::Apply(secret) => {
-                let seen = state.versions.get(&key(secret));
+                let seen = state.versions.get(&key_of(secret));
                 let known = seen.is_some_and(|seen| {
                     Some(seen.resource_version()) == secret.metadata.resource_version.as_deref()
                 });
                 if !known {
-                    state.versions.insert(key(secret), version(secret));
+                    state.versions.insert(key_of(secret), version(secret));
                 }
                 return known;
             }
             Event::Delete(secret) => {
-                state.versions.remove(&key(secret));
+                state.versions.remove(&key_of(secret));
             }
             Event::Init => state.listing = Some(Versions::new()),
             Event::InitApply(secret) => {
@@ -87,7 +91,7 @@ impl SecretVersions {
                 state
                     .listing
                     .get_or_insert_with(Versions::new)
-                    .insert(key(secret), seen);
+                    .insert(key_of(secret), seen);
             }
             Event::InitDone => {
                 state.versions = state.listing.take().unwrap_or_default();
@@ -100,19 +104,17 @@ impl SecretVersions {
 
     /// Records what our apply to the Secret `namespace/name` left, as the API server answered it.
     pub fn applied(&self, namespace: &str, name: &str, applied: Applied) {
-        self.state.lock().expect("never poisoned").versions.insert(
-            (namespace.to_string(), name.to_string()),
-            Seen::Applied(applied),
-        );
+        self.state
+            .lock()
+            .expect("never poisoned")
+            .versions
+            .insert(key(namespace, name), Seen::Applied(applied));
     }
 
     /// What our last apply left in the Secret `namespace/name`, if nobody wrote it since.
     pub fn as_applied(&self, namespace: &str, name: &str) -> Option<Applied> {
         let state = self.state.lock().expect("never poisoned");
-        match state
-            .versions
-            .get(&(namespace.to_string(), name.to_string()))?
-        {
+        match state.versions.get(&key(namespace, name))? {
             Seen::Applied(applied) => Some(applied.clone()),
             Seen::Version(_) => None,
         }
@@ -121,9 +123,7 @@ impl SecretVersions {
     /// Whether we manage a Secret `namespace/name`, as far as the watch and our applies tell.
     pub fn holds(&self, namespace: &str, name: &str) -> bool {
         let state = self.state.lock().expect("never poisoned");
-        state
-            .versions
-            .contains_key(&(namespace.to_string(), name.to_string()))
+        state.versions.contains_key(&key(namespace, name))
     }
 
     /// Resolves once the watch has listed.

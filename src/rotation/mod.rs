@@ -20,8 +20,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::api::{ExternalSecret, SecretStoreSpec, StoreKind, VersionCheck, VersionCheckStrategy};
 use crate::error::{Error, Result};
+use crate::es_name::EsName;
 use crate::metrics::Metrics;
-use crate::provider::aws::{AwsSecretsManager, ReadAhead};
+use crate::provider::aws::{AwsSecretsManager, ReadAhead, Stages};
 use crate::provider::{Provider, RemoteSecret, SecretProvider, Version};
 use crate::store::{IdentityKey, StoreScope, Stores};
 use crate::task::AbortOnDrop;
@@ -81,9 +82,9 @@ pub struct Detection {
     pub event_time: Option<Timestamp>,
 }
 
-/// An ExternalSecret that reads a secret: one allocation shared by every map that names it (a full
-/// `ObjectRef` inline is 120 bytes, and there is one per reader and secret, and one per registration).
-type Reader = Arc<ObjectRef<ExternalSecret>>;
+/// An ExternalSecret that reads a secret: one allocation shared by every map that names it, one per
+/// registration and one per reader and secret.
+type Reader = Arc<EsName>;
 
 /// The stages (or pinned VersionIds) one ExternalSecret reads of one secret: nearly always one. A
 /// `BTreeSet`'s first node has room for eleven, 280 bytes for each of 10,000 readers.
@@ -116,7 +117,7 @@ impl<'a> IntoIterator for &'a Few {
 #[derive(Default)]
 struct Watched {
     /// Stage → VersionId, as last seen.
-    stages: BTreeMap<String, String>,
+    stages: Stages,
     /// Which stages each ExternalSecret reads (empty for pinned versions only).
     readers: HashMap<Reader, Few>,
     /// VersionIds read by pinned (`uuid/`) references.
@@ -136,7 +137,7 @@ struct Watched {
 impl Watched {
     /// Points `stage` at `id`; returns whether it moved.
     fn set_stage(&mut self, stage: &str, id: &str) -> bool {
-        let previous = self.stages.insert(stage.to_string(), id.to_string());
+        let previous = self.stages.insert(stage, id);
         self.superseded.retain(|old| old != id);
         match previous {
             Some(previous) if previous != id => {
@@ -201,7 +202,7 @@ impl Watched {
         self.readers
             .iter()
             .filter(|(_, read)| !read.is_disjoint(stages))
-            .map(|(reader, _)| ObjectRef::clone(reader))
+            .map(|(reader, _)| reader.object_ref())
             .collect()
     }
 }
@@ -410,14 +411,14 @@ impl Watches {
     ) -> Option<(StoreKind, String, Option<i64>)> {
         self.lock()
             .registrations
-            .get(es)
+            .get(&EsName::from(es))
             .map(|registration| registration.store.clone())
     }
 
     /// Whether a stage that the ExternalSecret read has moved on since it was written.
     pub fn stale(&self, es: &ObjectRef<ExternalSecret>) -> bool {
         let state = self.lock();
-        let Some(registration) = state.registrations.get(es) else {
+        let Some(registration) = state.registrations.get(&EsName::from(es)) else {
             return false;
         };
         let Some(group) = state.groups.get(&registration.group) else {
@@ -462,7 +463,7 @@ impl Watches {
     /// When the versions an ExternalSecret just wrote were noticed, for the propagation metrics.
     pub fn detections(&self, es: &ObjectRef<ExternalSecret>) -> Vec<Detection> {
         let state = self.lock();
-        let Some(registration) = state.registrations.get(es) else {
+        let Some(registration) = state.registrations.get(&EsName::from(es)) else {
             return Vec::new();
         };
         let Some(group) = state.groups.get(&registration.group) else {
@@ -496,7 +497,8 @@ impl Watches {
             check,
         };
         let prefix = provider.prefix().to_string();
-        let es: Reader = Arc::new(es);
+        let es_ref = es;
+        let es: Reader = Arc::new(EsName::from(&es_ref));
         let mut wake = Vec::new();
         {
             let mut state = self.lock();
@@ -581,7 +583,7 @@ impl Watches {
                             watched
                                 .readers_of(&moved)
                                 .into_iter()
-                                .filter(|reader| reader != &*es),
+                                .filter(|reader| reader != &es_ref),
                         );
                     }
                     // Read before the watch last learnt something: older news. A stage the watch knows
@@ -590,12 +592,9 @@ impl Watches {
                     // VersionId never changes, so it is kept while a stage points to it.
                     Some(secret) => {
                         if let Version::Stage(stage) = &read.version {
-                            let known = watched
-                                .stages
-                                .entry(stage.clone())
-                                .or_insert_with(|| read.version_id.clone());
+                            let known = watched.stages.get_or_insert(stage, &read.version_id);
                             if *known != read.version_id {
-                                wake.push(ObjectRef::clone(&es));
+                                wake.push(es_ref.clone());
                             }
                         }
                         watched.keep_value(
@@ -608,10 +607,7 @@ impl Watches {
                     // Known from status only (after a restart): a first guess until a check says more.
                     None => {
                         if let Version::Stage(stage) = &read.version {
-                            watched
-                                .stages
-                                .entry(stage.clone())
-                                .or_insert_with(|| read.version_id.clone());
+                            watched.stages.get_or_insert(stage, &read.version_id);
                         }
                     }
                 }
@@ -643,13 +639,14 @@ impl Watches {
 
     /// Stops watching for a deleted ExternalSecret.
     pub fn forget(&self, es: &ObjectRef<ExternalSecret>) {
+        let es = EsName::from(es);
         let mut state = self.lock();
         let state = &mut *state;
-        if let Some(old) = state.registrations.remove(es) {
+        if let Some(old) = state.registrations.remove(&es) {
             remove_reader(
                 &mut state.groups,
                 &mut state.ledger,
-                es,
+                &es,
                 &old,
                 &BTreeSet::new(),
             );
@@ -664,7 +661,7 @@ impl Watches {
         let gone: Vec<Reader> = state
             .registrations
             .keys()
-            .filter(|es| !live(es))
+            .filter(|es| !live(&es.object_ref()))
             .cloned()
             .collect();
         for es in gone {
@@ -718,7 +715,7 @@ impl Watches {
 fn remove_reader(
     groups: &mut HashMap<Arc<GroupKey>, Group>,
     ledger: &mut Ledger,
-    es: &ObjectRef<ExternalSecret>,
+    es: &EsName,
     registration: &Registration,
     still_read: &BTreeSet<String>,
 ) {

@@ -26,6 +26,7 @@ use crate::api::{
     RefreshPolicy, SecretStore, StoreKind, is_ready,
 };
 use crate::error::{Error, Result};
+use crate::es_name::EsName;
 use crate::fetch::{self, Outcome};
 use crate::provider::{Provider, Version};
 use crate::rotation::{Detection, KeptFirst, Read, StoreHandle, Watches};
@@ -86,7 +87,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
         let (ctx, cache) = (ctx.clone(), reader.clone());
         move || {
             ctx.resyncs
-                .request(cache.state().iter().map(|es| object_ref(es)))
+                .request(cache.state().iter().map(|es| EsName::of(es)))
         }
     };
     let external_secrets_relisted = relisted.clone();
@@ -250,7 +251,7 @@ fn referencing(
     kind: StoreKind,
     name: &str,
     namespace: Option<&str>,
-) -> Vec<ObjectRef<ExternalSecret>> {
+) -> Vec<EsName> {
     cache
         .state()
         .iter()
@@ -260,7 +261,7 @@ fn referencing(
                 && reference.name == name
                 && namespace.is_none_or(|ns| es.namespace().as_deref() == Some(ns))
         })
-        .map(|es| object_ref(es))
+        .map(|es| EsName::of(es))
         .collect()
 }
 
@@ -377,7 +378,7 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
         }) => {
             ctx.metrics.sync(&namespace, &es.name_any(), true);
             record_success(&es, &ctx, &namespace, written, versions, propagated.clone()).await?;
-            if let Some(propagated) = propagated {
+            if let Some(propagated) = &propagated {
                 ctx.set_propagated(&key(&es), propagated);
             }
             // Only once the status says so: a sync whose status write failed is not done.
@@ -452,7 +453,7 @@ impl Context {
         let keys: HashSet<String> = live.iter().map(ref_key).collect();
         self.retain(|key| keys.contains(key));
         self.watches.retain(|es| live.contains(es));
-        self.refreshes.retain(|es| live.contains(es));
+        self.refreshes.retain(|es| live.contains(&es.object_ref()));
         for (namespace, name) in self.metrics.external_secrets_with_series() {
             if !live.contains(&ObjectRef::new(&name).within(&namespace)) {
                 self.metrics.forget_external_secret(&namespace, &name);
@@ -534,7 +535,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     // Secret holds our data, and it is not what the workloads were last restarted for.
     let mut restarts_owed = false;
     let current = match &existing {
-        Target::AsApplied(applied) => Some(applied.data_hash.clone()),
+        Target::AsApplied(applied) => Some(applied.data_hash.to_string()),
         Target::Unseen => None,
         Target::Read(existing) => existing
             .as_ref()
@@ -546,7 +547,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     {
         if restart_workloads(es, ctx, namespace, &current, &[]).await {
             record_propagated(es, ctx, namespace, &current).await?;
-            ctx.set_propagated(&key(es), current.clone());
+            ctx.set_propagated(&key(es), &current);
             propagated = Some(current);
         } else {
             restarts_owed = true;

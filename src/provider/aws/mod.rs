@@ -4,6 +4,7 @@
 mod coalesce;
 mod errors;
 pub mod events;
+mod stages;
 pub mod sts;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::http::Response;
 use errors::{classify, classify_code, error_code};
+pub use stages::Stages;
 
 pub use coalesce::{ReadAhead, SharedReads};
 
@@ -78,7 +80,7 @@ fn shared_https_client() -> SharedHttpClient {
 pub struct Versions {
     pub name: String,
     pub arn: Option<String>,
-    pub stages: BTreeMap<String, String>,
+    pub stages: Stages,
 }
 
 #[derive(Clone)]
@@ -281,9 +283,7 @@ impl AwsSecretsManager {
     }
 }
 
-fn by_stage(
-    versions_to_stages: Option<&std::collections::HashMap<String, Vec<String>>>,
-) -> BTreeMap<String, String> {
+fn by_stage(versions_to_stages: Option<&std::collections::HashMap<String, Vec<String>>>) -> Stages {
     versions_to_stages
         .into_iter()
         .flatten()
