@@ -1,12 +1,18 @@
 //! Stage → VersionId of one secret, as AWS answers it: nearly always AWSCURRENT and perhaps AWSPREVIOUS. A
 //! `BTreeMap`'s first node has room for eleven, 640 bytes for each secret watched and each one a check sees.
 
+/// Sorted by stage, as a `BTreeMap` would be: a check applies the stages it saw in this order, and where a
+/// stage moved from matters for the next (AWSCURRENT's old version is AWSPREVIOUS's new one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stages(Vec<(String, String)>);
 
 impl Stages {
+    fn position(&self, stage: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(s, _)| s.as_str().cmp(stage))
+    }
+
     pub fn get(&self, stage: &str) -> Option<&String> {
-        self.0.iter().find(|(s, _)| s == stage).map(|(_, id)| id)
+        self.position(stage).ok().map(|at| &self.0[at].1)
     }
 
     pub fn contains_key(&self, stage: &str) -> bool {
@@ -15,12 +21,12 @@ impl Stages {
 
     /// Points `stage` at `id`; returns where it pointed before.
     pub fn insert(&mut self, stage: &str, id: &str) -> Option<String> {
-        match self.0.iter_mut().find(|(s, _)| s == stage) {
-            Some((_, old)) => Some(std::mem::replace(old, id.to_string())),
-            None => {
-                // `push` alone makes room for four.
+        match self.position(stage) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, id.to_string())),
+            Err(at) => {
+                // Growing by itself makes room for four.
                 self.0.reserve_exact(1);
-                self.0.push((stage.to_string(), id.to_string()));
+                self.0.insert(at, (stage.to_string(), id.to_string()));
                 None
             }
         }
@@ -59,7 +65,7 @@ mod tests {
 
     #[test]
     fn one_version_per_stage() {
-        let mut stages: Stages = [("AWSCURRENT", "v1"), ("AWSPREVIOUS", "v0")]
+        let mut stages: Stages = [("AWSPREVIOUS", "v0"), ("AWSCURRENT", "v1")]
             .into_iter()
             .map(|(stage, id)| (stage.to_string(), id.to_string()))
             .collect();
@@ -67,6 +73,8 @@ mod tests {
         assert_eq!(stages.get("AWSCURRENT").map(String::as_str), Some("v2"));
         assert_eq!(stages.get_or_insert("AWSCURRENT", "v3"), "v2");
         assert_eq!(stages.get_or_insert("AWSPENDING", "v3"), "v3");
+        let order: Vec<&String> = stages.iter().map(|(stage, _)| stage).collect();
+        assert_eq!(order, ["AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"]);
         stages.retain(|stage| stage != "AWSPREVIOUS");
         assert!(!stages.contains_key("AWSPREVIOUS"));
         assert_eq!(stages.iter().count(), 2);
