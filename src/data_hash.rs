@@ -91,27 +91,21 @@ pub struct HashBytes([u8; 32]);
 
 impl HashBytes {
     /// Reads the lowercase hex that `Display` writes; anything else is not one of our hashes.
-    pub fn from_hex(hex: &str) -> Option<HashBytes> {
-        let digits = hex.as_bytes();
-        if digits.len() != 64
-            || !digits
-                .iter()
-                .all(|d| matches!(d, b'0'..=b'9' | b'a'..=b'f'))
-        {
+    pub fn from_hex(digits: &str) -> Option<HashBytes> {
+        if digits.bytes().any(|d| d.is_ascii_uppercase()) {
             return None;
         }
         let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
-            let pair = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(pair, 16).ok()?;
-        }
+        hex::decode_to_slice(digits, &mut bytes).ok()?;
         Some(HashBytes(bytes))
     }
 }
 
 impl fmt::Display for HashBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("64 digits for 32 bytes");
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 }
 

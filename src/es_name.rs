@@ -14,11 +14,12 @@ use crate::api::ExternalSecret;
 pub struct EsName(Box<str>);
 
 impl EsName {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        EsName(joined(Some(namespace), name))
+    }
+
     pub fn of(es: &ExternalSecret) -> Self {
-        EsName(match es.namespace() {
-            Some(namespace) => format!("{namespace}/{}", es.name_any()).into(),
-            None => es.name_any().into(),
-        })
+        EsName(joined(es.metadata.namespace.as_deref(), &es.name_any()))
     }
 
     pub fn object_ref(&self) -> ObjectRef<ExternalSecret> {
@@ -31,10 +32,15 @@ impl EsName {
 
 impl From<&ObjectRef<ExternalSecret>> for EsName {
     fn from(es: &ObjectRef<ExternalSecret>) -> Self {
-        EsName(match &es.namespace {
-            Some(namespace) => format!("{namespace}/{}", es.name).into(),
-            None => es.name.as_str().into(),
-        })
+        EsName(joined(es.namespace.as_deref(), &es.name))
+    }
+}
+
+/// `namespace/name`, or `name` alone for a cluster-scoped object: one allocation, for keys kept per object.
+pub fn joined(namespace: Option<&str>, name: &str) -> Box<str> {
+    match namespace {
+        Some(namespace) => format!("{namespace}/{name}").into(),
+        None => name.into(),
     }
 }
 

@@ -43,7 +43,7 @@ fn field_manager_of(external_secret: &str) -> String {
         return manager;
     }
     let digest = Sha256::digest(manager.as_bytes());
-    let suffix: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let suffix = hex::encode(&digest[..8]);
     format!(
         "{}-{suffix}",
         &manager[..MAX_MANAGER_LEN - suffix.len() - 1]

@@ -8,12 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::resyncs::Resyncs;
-use crate::api::ExternalSecret;
 use crate::es_name::EsName;
 
 /// Sweeps run at most this often: each looks at every ExternalSecret, so due ones are gathered a little
@@ -37,9 +35,8 @@ struct State {
 
 impl Refreshes {
     /// Syncs `es` after `after`, instead of when it was due before; never again by itself with `None`.
-    pub fn schedule(&self, es: ObjectRef<ExternalSecret>, after: Option<Duration>) {
+    pub fn schedule(&self, es: EsName, after: Option<Duration>) {
         let mut state = self.state.lock().expect("never poisoned");
-        let es = EsName::from(&es);
         let Some(after) = after else {
             state.due.remove(&es);
             return;
@@ -104,8 +101,8 @@ impl Refreshes {
 mod tests {
     use super::*;
 
-    fn es(name: &str) -> ObjectRef<ExternalSecret> {
-        ObjectRef::new(name).within("ns")
+    fn es(name: &str) -> EsName {
+        EsName::new("ns", name)
     }
 
     #[tokio::test(start_paused = true)]
@@ -118,14 +115,14 @@ mod tests {
         refreshes.schedule(es("never"), None);
         let next_sweep = |refreshes: &Refreshes| refreshes.state.lock().unwrap().next_sweep;
         let now = start + Duration::from_secs(5);
-        assert_eq!(refreshes.take_due(now), vec![EsName::from(&es("soon"))]);
+        assert_eq!(refreshes.take_due(now), vec![es("soon")]);
         assert_eq!(
             next_sweep(&refreshes),
             Some(start + Duration::from_secs(60))
         );
         // Rescheduling replaces what was due before.
         refreshes.schedule(es("later"), Some(Duration::from_secs(1)));
-        assert_eq!(refreshes.take_due(now), vec![EsName::from(&es("later"))]);
+        assert_eq!(refreshes.take_due(now), vec![es("later")]);
         assert_eq!(next_sweep(&refreshes), Some(now + IDLE_SWEEP));
     }
 
@@ -145,7 +142,7 @@ mod tests {
         )
         .await
         .expect("the earlier one is fed within its wait and a sweep gap");
-        assert_eq!(first, Some(es("soon")));
+        assert_eq!(first, Some(es("soon").object_ref()));
         resyncs.finished(&es("soon"));
         let again = tokio::time::timeout(
             Duration::from_secs(60),

@@ -57,13 +57,13 @@ impl Resyncs {
     }
 
     /// A sync of `es` finished (whatever asked for it), which frees its slot if it was handed over.
-    pub fn finished(&self, es: &ObjectRef<ExternalSecret>) {
+    pub fn finished(&self, es: &EsName) {
         let freed = self
             .state
             .lock()
             .expect("never poisoned")
             .handed_over
-            .remove(&EsName::from(es))
+            .remove(es)
             .is_some();
         if freed {
             self.changed.notify_one();
@@ -123,10 +123,10 @@ mod tests {
         assert_eq!(stream.next().await, Some(es("b")));
         let third = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
         assert!(third.is_err(), "a third waits for a free slot");
-        resyncs.finished(&es("a"));
+        resyncs.finished(&named("a"));
         assert_eq!(stream.next().await, Some(es("c")));
-        resyncs.finished(&es("b"));
-        resyncs.finished(&es("c"));
+        resyncs.finished(&named("b"));
+        resyncs.finished(&named("c"));
         let more = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
         assert!(
             more.is_err(),

@@ -13,6 +13,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
+use crate::es_name::joined;
 use crate::target::Applied;
 
 /// By `namespace/name`, one allocation rather than two.
@@ -47,7 +48,7 @@ struct State {
 }
 
 fn key(namespace: &str, name: &str) -> Box<str> {
-    format!("{namespace}/{name}").into()
+    joined(Some(namespace), name)
 }
 
 fn key_of(secret: &PartialObjectMeta<Secret>) -> Box<str> {

@@ -405,20 +405,17 @@ impl Watches {
     }
 
     /// The store (and its generation) an ExternalSecret was registered with.
-    pub fn registered_store(
-        &self,
-        es: &ObjectRef<ExternalSecret>,
-    ) -> Option<(StoreKind, String, Option<i64>)> {
+    pub fn registered_store(&self, es: &EsName) -> Option<(StoreKind, String, Option<i64>)> {
         self.lock()
             .registrations
-            .get(&EsName::from(es))
+            .get(es)
             .map(|registration| registration.store.clone())
     }
 
     /// Whether a stage that the ExternalSecret read has moved on since it was written.
-    pub fn stale(&self, es: &ObjectRef<ExternalSecret>) -> bool {
+    pub fn stale(&self, es: &EsName) -> bool {
         let state = self.lock();
-        let Some(registration) = state.registrations.get(&EsName::from(es)) else {
+        let Some(registration) = state.registrations.get(es) else {
             return false;
         };
         let Some(group) = state.groups.get(&registration.group) else {
@@ -461,9 +458,9 @@ impl Watches {
     }
 
     /// When the versions an ExternalSecret just wrote were noticed, for the propagation metrics.
-    pub fn detections(&self, es: &ObjectRef<ExternalSecret>) -> Vec<Detection> {
+    pub fn detections(&self, es: &EsName) -> Vec<Detection> {
         let state = self.lock();
-        let Some(registration) = state.registrations.get(&EsName::from(es)) else {
+        let Some(registration) = state.registrations.get(es) else {
             return Vec::new();
         };
         let Some(group) = state.groups.get(&registration.group) else {
@@ -486,7 +483,7 @@ impl Watches {
     /// ExternalSecrets that read it.
     pub fn register(
         self: &Arc<Self>,
-        es: ObjectRef<ExternalSecret>,
+        es: EsName,
         provider: &AwsSecretsManager,
         check: VersionCheck,
         store: StoreHandle,
@@ -497,8 +494,8 @@ impl Watches {
             check,
         };
         let prefix = provider.prefix().to_string();
-        let es_ref = es;
-        let es: Reader = Arc::new(EsName::from(&es_ref));
+        let es_ref = es.object_ref();
+        let es: Reader = Arc::new(es);
         let mut wake = Vec::new();
         {
             let mut state = self.lock();
@@ -638,15 +635,14 @@ impl Watches {
     }
 
     /// Stops watching for a deleted ExternalSecret.
-    pub fn forget(&self, es: &ObjectRef<ExternalSecret>) {
-        let es = EsName::from(es);
+    pub fn forget(&self, es: &EsName) {
         let mut state = self.lock();
         let state = &mut *state;
-        if let Some(old) = state.registrations.remove(&es) {
+        if let Some(old) = state.registrations.remove(es) {
             remove_reader(
                 &mut state.groups,
                 &mut state.ledger,
-                &es,
+                es,
                 &old,
                 &BTreeSet::new(),
             );
@@ -655,13 +651,13 @@ impl Watches {
     }
 
     /// Stops watching for every ExternalSecret for which `live` does not hold.
-    pub fn retain(&self, live: impl Fn(&ObjectRef<ExternalSecret>) -> bool) {
+    pub fn retain(&self, live: impl Fn(&EsName) -> bool) {
         let mut state = self.lock();
         let state = &mut *state;
         let gone: Vec<Reader> = state
             .registrations
             .keys()
-            .filter(|es| !live(&es.object_ref()))
+            .filter(|es| !live(es))
             .cloned()
             .collect();
         for es in gone {
@@ -878,8 +874,8 @@ mod tests {
         }
     }
 
-    fn es(name: &str) -> ObjectRef<ExternalSecret> {
-        ObjectRef::new(name).within("ns")
+    fn es(name: &str) -> EsName {
+        EsName::new("ns", name)
     }
 
     fn read(version: Version, id: &str, stages: &[&str], value: &str) -> Read {
@@ -981,7 +977,7 @@ mod tests {
             vec![read(current(), "v2", &["AWSCURRENT"], "two")],
         );
 
-        assert_eq!(woken.next().await, Some(es("a")));
+        assert_eq!(woken.next().await, Some(es("a").object_ref()));
         assert!(watches.stale(&es("a")));
         assert!(!watches.stale(&es("b")));
         let kept = watches.kept(&provider, &check);
@@ -1030,7 +1026,7 @@ mod tests {
 
         assert_eq!(
             woken.next().await,
-            Some(es("slow")),
+            Some(es("slow").object_ref()),
             "the slow one is woken"
         );
         assert!(watches.stale(&es("slow")));

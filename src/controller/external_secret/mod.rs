@@ -293,9 +293,9 @@ enum Cleanup {
 /// ExternalSecrets that merge into someone else's Secret take their keys out of it when deleted; the others'
 /// Secrets are deleted with them (Owner) or kept on purpose (Orphan, None), so they need no finalizer.
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action> {
-    let es_ref = object_ref(&es);
+    let name = EsName::of(&es);
     let result = reconcile_object(es, ctx.clone()).await;
-    ctx.resyncs.finished(&es_ref);
+    ctx.resyncs.finished(&name);
     result
 }
 
@@ -401,7 +401,7 @@ async fn reconcile_apply(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<A
                 err,
                 Error::StoreNotAllowed { .. } | Error::StoreNotFound { .. }
             ) {
-                ctx.watches.forget(&object_ref(&es));
+                ctx.watches.forget(&EsName::of(&es));
             }
             ctx.metrics.sync(&namespace, &es.name_any(), false);
             record_failure(&es, &ctx, &namespace, &err).await?;
@@ -438,8 +438,9 @@ impl Context {
             .forget_external_secret(&es.namespace().unwrap_or_default(), &es.name_any());
         self.forget_kept(&key(es));
         self.backoff.reset(&key(es));
-        self.watches.forget(&object_ref(es));
-        self.refreshes.schedule(object_ref(es), None);
+        let name = EsName::of(es);
+        self.watches.forget(&name);
+        self.refreshes.schedule(name, None);
         self.first_syncs.done(es);
     }
 }
@@ -448,45 +449,31 @@ impl Context {
     /// Drops what is kept for ExternalSecrets that are not in `current`, after a relist that may have missed
     /// their deletion.
     fn forget_all_but(&self, current: &Store<ExternalSecret>) {
-        let live: HashSet<ObjectRef<ExternalSecret>> =
-            current.state().iter().map(|es| object_ref(es)).collect();
-        let keys: HashSet<String> = live.iter().map(ref_key).collect();
+        let current = current.state();
+        let live: HashSet<EsName> = current.iter().map(|es| EsName::of(es)).collect();
+        let keys: HashSet<String> = current.iter().map(|es| key(es)).collect();
         self.retain(|key| keys.contains(key));
         self.watches.retain(|es| live.contains(es));
-        self.refreshes.retain(|es| live.contains(&es.object_ref()));
+        self.refreshes.retain(|es| live.contains(es));
         for (namespace, name) in self.metrics.external_secrets_with_series() {
-            if !live.contains(&ObjectRef::new(&name).within(&namespace)) {
+            if !live.contains(&EsName::new(&namespace, &name)) {
                 self.metrics.forget_external_secret(&namespace, &name);
             }
         }
     }
 }
 
-/// Names the ExternalSecret, without the resourceVersion and uid that `ObjectRef::from_obj` copies into each
-/// of the many maps that hold one per ExternalSecret.
-fn object_ref(es: &ExternalSecret) -> ObjectRef<ExternalSecret> {
-    let es_ref = ObjectRef::new(&es.name_any());
-    match es.namespace() {
-        Some(namespace) => es_ref.within(&namespace),
-        None => es_ref,
-    }
-}
-
 fn key(es: &ExternalSecret) -> String {
-    ref_key(&object_ref(es))
-}
-
-fn ref_key(es: &ObjectRef<ExternalSecret>) -> String {
     format!(
         "ExternalSecret/{}/{}",
-        es.namespace.as_deref().unwrap_or_default(),
-        es.name
+        es.metadata.namespace.as_deref().unwrap_or_default(),
+        es.name_any()
     )
 }
 
 /// When it syncs again by itself, `None` for never: kept in `Refreshes`, not the controller's scheduler.
 fn sync_again(ctx: &Context, es: &ExternalSecret, after: Option<Duration>) -> Action {
-    ctx.refreshes.schedule(object_ref(es), after);
+    ctx.refreshes.schedule(EsName::of(es), after);
     Action::await_change()
 }
 
@@ -553,7 +540,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             restarts_owed = true;
         }
     }
-    let es_ref = object_ref(es);
+    let name = EsName::of(es);
     // Between full refreshes, only a rotation the version watches found is a reason to write.
     let mut rotated = None;
     let store = resolve_store(es, ctx, namespace).await?;
@@ -561,13 +548,13 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
         && fetch::versioned_only(&es.spec))
     .then_some(ctx.started);
     if intact && let Some(wait) = refresh_wait(es, refresh, ctx.last_sync(&key(es)), resumed) {
-        let registered = ctx.watches.registered_store(&es_ref);
+        let registered = ctx.watches.registered_store(&name);
         if registered.is_none() {
             watch_from_status(es, ctx, &store).await;
         }
         // A changed store (credentials, region, version check) is read from again in full.
         if registered.is_none_or(|registered| registered == store.version()) {
-            if !ctx.watches.stale(&es_ref) {
+            if !ctx.watches.stale(&name) {
                 return Ok(Synced::UpToDate(owed_soon(wait, restarts_owed)));
             }
             rotated = Some(wait);
@@ -668,16 +655,15 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
     };
     match (&provider, check) {
         (Provider::Aws(aws), Some(check)) => {
-            ctx.watches
-                .register(es_ref.clone(), aws, check, store, reads)
+            ctx.watches.register(name.clone(), aws, check, store, reads)
         }
-        _ => ctx.watches.forget(&es_ref),
+        _ => ctx.watches.forget(&name),
     }
     let propagated = match written {
         // A new Secret: pods that use it read it when they start.
         Written::Created => Some(data_hash),
         Written::Updated { data_changed: true } => {
-            if propagate(es, ctx, namespace, &es_ref, rotated.is_some(), &data_hash).await {
+            if propagate(es, ctx, namespace, &name, rotated.is_some(), &data_hash).await {
                 Some(data_hash)
             } else {
                 restarts_owed = true;
@@ -732,12 +718,12 @@ async fn propagate(
     es: &ExternalSecret,
     ctx: &Context,
     namespace: &str,
-    es_ref: &ObjectRef<ExternalSecret>,
+    name: &EsName,
     rotated: bool,
     data_hash: &str,
 ) -> bool {
     let detections = if rotated {
-        ctx.watches.detections(es_ref)
+        ctx.watches.detections(name)
     } else {
         Vec::new()
     };
@@ -857,7 +843,7 @@ async fn watch_from_status(es: &ExternalSecret, ctx: &Context, store: &StoreHand
                 })
                 .collect();
             ctx.watches
-                .register(object_ref(es), aws, check, store.clone(), reads);
+                .register(EsName::of(es), aws, check, store.clone(), reads);
         }
         Ok::<_, Error>(())
     };
@@ -985,7 +971,7 @@ fn uid_fraction(es: &ExternalSecret, at: usize) -> f64 {
 fn synced_resource_version(es: &ExternalSecret) -> String {
     let meta = serde_json::to_vec(&(es.labels(), es.annotations())).expect("string maps serialize");
     let digest = Sha256::digest(meta);
-    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hex::encode(&digest[..8]);
     format!("{}-{hash}", es.metadata.generation.unwrap_or_default())
 }
 
