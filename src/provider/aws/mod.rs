@@ -144,21 +144,23 @@ impl AwsSecretsManager {
         if !name_prefix.is_empty() {
             filters.push(filter(FilterNameStringType::Name, name_prefix.to_string()));
         }
-        let listed = self.list(filters).await?;
-        Ok(listed
-            .iter()
-            .filter_map(|entry| {
-                Some(Versions {
-                    name: entry.name()?.to_string(),
-                    arn: entry.arn().map(str::to_string),
-                    stages: by_stage(entry.secret_versions_to_stages()),
-                })
+        // Each page is cut down to names and stages as it comes: 25,000 whole entries took 40 MB.
+        self.list(filters, |entry| {
+            Some(Versions {
+                name: entry.name?,
+                arn: entry.arn,
+                stages: by_stage(entry.secret_versions_to_stages.as_ref()),
             })
-            .collect())
+        })
+        .await
     }
 
-    /// Every page of a ListSecrets (100 per call).
-    async fn list(&self, filters: Vec<Filter>) -> Result<Vec<SecretListEntry>> {
+    /// Every page of a ListSecrets (100 per call), each entry kept as `keep` makes it.
+    async fn list<T>(
+        &self,
+        filters: Vec<Filter>,
+        mut keep: impl FnMut(SecretListEntry) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let mut listed = Vec::new();
         let mut next_token = None;
         loop {
@@ -172,10 +174,10 @@ impl AwsSecretsManager {
                 .await;
             self.record("ListSecrets", &result);
             let page = result.map_err(|err| classify("ListSecrets", None, err))?;
-            listed.extend(page.secret_list);
+            listed.extend(page.secret_list.into_iter().flatten().filter_map(&mut keep));
             next_token = page.next_token;
             if next_token.is_none() {
-                return Ok(listed.into_iter().flatten().collect());
+                return Ok(listed);
             }
         }
     }
@@ -372,19 +374,15 @@ impl SecretProvider for AwsSecretsManager {
             filters.push(filter(FilterNameStringType::TagKey, key.clone()));
             filters.push(filter(FilterNameStringType::TagValue, value.clone()));
         }
-        let mut names = Vec::new();
-        for entry in self.list(filters).await? {
+        self.list(filters, |entry| {
             let secret_tags = tag_map(entry.tags());
             let tagged = tags.iter().all(|(k, v)| secret_tags.get(k) == Some(v));
             // The name filter matches words anywhere in the name; only a true prefix counts.
-            let name = entry
-                .name()
-                .and_then(|n| n.strip_prefix(&name_prefix).map(|_| n));
-            if let (true, Some(name)) = (tagged, name) {
-                names.push(name[self.prefix.len()..].to_string());
-            }
-        }
-        Ok(names)
+            let name = entry.name()?;
+            (tagged && name.starts_with(&name_prefix))
+                .then(|| name[self.prefix.len()..].to_string())
+        })
+        .await
     }
 
     async fn validate(&self) -> Result<String> {
