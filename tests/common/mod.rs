@@ -651,12 +651,32 @@ pub fn value_reads(key: &str) -> Vec<Call> {
 
 /// Every AWS request moto has answered since the stack started (the stack records from the start).
 pub fn recorded_calls() -> Vec<Call> {
+    recorded_calls_since(RecordingMark(0)).0
+}
+
+/// Where moto's recording ends now, to read only what comes after it.
+#[derive(Clone, Copy)]
+pub struct RecordingMark(u64);
+
+pub fn recording_mark() -> RecordingMark {
+    recorded_calls_since(RecordingMark(0)).1
+}
+
+/// The AWS requests recorded after `mark`, and the mark after them: at 100,000 ExternalSecrets the whole
+/// recording is too large to read again every second.
+pub fn recorded_calls_since(mark: RecordingMark) -> (Vec<Call>, RecordingMark) {
+    use std::io::{Read, Seek};
     let path = &env_vars()["MOTO_RECORDING"];
-    let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    let mut file = std::fs::File::open(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    let mut text = String::new();
+    file.seek(std::io::SeekFrom::Start(mark.0))
+        .and_then(|_| file.read_to_string(&mut text))
+        .unwrap_or_else(|err| panic!("{path}: {err}"));
     // Only whole lines: the last one may still be being written. A whole line that does not parse would
     // make every count wrong, so it fails the test.
     let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
-    complete
+    let next = RecordingMark(mark.0 + complete.len() as u64);
+    let calls = complete
         .lines()
         .map(|line| {
             serde_json::from_str::<serde_json::Value>(line)
@@ -706,7 +726,8 @@ pub fn recorded_calls() -> Vec<Call> {
                 body: json_body,
             })
         })
-        .collect()
+        .collect();
+    (calls, next)
 }
 
 /// The access keys of the sessions moto issued for a role.
