@@ -144,7 +144,8 @@ impl AwsSecretsManager {
         if !name_prefix.is_empty() {
             filters.push(filter(FilterNameStringType::Name, name_prefix.to_string()));
         }
-        // Each page is cut down to names and stages as it comes: 25,000 whole entries took 40 MB.
+        // Each page is cut down to names and stages as it comes, rather than every whole entry (dates, tags,
+        // description) of a pass held at once: a pass at 100,000 ExternalSecrets lists 25,000.
         self.list(filters, |entry| {
             Some(Versions {
                 name: entry.name?,
