@@ -570,9 +570,7 @@ async fn after_first_check(mark: RecordingMark) -> Vec<Call> {
 /// between them (the window's ends cut passes short).
 fn calls_per_list_pass(calls: &[Call]) -> f64 {
     let lists: Vec<&Call> = calls.iter().filter(|c| c.action == "ListSecrets").collect();
-    let starts: Vec<usize> = (0..lists.len())
-        .filter(|&i| lists[i].body.get("NextToken").is_none())
-        .collect();
+    let starts: Vec<usize> = (0..lists.len()).filter(|&i| first_page(lists[i])).collect();
     match starts[..] {
         [] => 0.0,
         [_] => lists.len() as f64,
@@ -590,12 +588,14 @@ fn described(calls: &[Call]) -> usize {
         .len()
 }
 
-/// ListSecrets passes begun among `calls`: a pass's first page is asked for without a NextToken.
+/// ListSecrets passes begun among `calls`.
 fn list_passes(calls: &[Call]) -> usize {
-    calls
-        .iter()
-        .filter(|call| call.action == "ListSecrets" && call.body.get("NextToken").is_none())
-        .count()
+    calls.iter().filter(|call| first_page(call)).count()
+}
+
+/// A ListSecrets pass's first page is asked for without a NextToken.
+fn first_page(call: &Call) -> bool {
+    call.action == "ListSecrets" && call.body.get("NextToken").is_none()
 }
 
 /// Value calls among `calls`, and how many secret values they read.

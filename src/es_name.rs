@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::api::ExternalSecret;
 
 /// `namespace/name`: neither may hold a `/`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EsName(Box<str>);
 
 impl EsName {

@@ -325,7 +325,7 @@ impl Watches {
                     Observation::Gone => {
                         if !watched.gone {
                             watched.gone = true;
-                            wake.extend(watched.readers.keys().map(|r| r.object_ref()));
+                            wake.extend(watched.readers.keys().cloned());
                         }
                         continue;
                     }
@@ -484,7 +484,7 @@ impl Watches {
             let readers: Vec<_> = group
                 .secrets
                 .values()
-                .flat_map(|watched| watched.readers.keys().map(|r| r.object_ref()))
+                .flat_map(|watched| watched.readers.keys().cloned())
                 .collect();
             (group.store.clone(), message, readers)
         };

@@ -198,11 +198,11 @@ impl Watched {
     }
 
     /// Readers of any of `stages`.
-    fn readers_of(&self, stages: &BTreeSet<String>) -> Vec<ObjectRef<ExternalSecret>> {
+    fn readers_of(&self, stages: &BTreeSet<String>) -> Vec<Reader> {
         self.readers
             .iter()
             .filter(|(_, read)| !read.is_disjoint(stages))
-            .map(|(reader, _)| reader.object_ref())
+            .map(|(reader, _)| reader.clone())
             .collect()
     }
 }
@@ -494,7 +494,6 @@ impl Watches {
             check,
         };
         let prefix = provider.prefix().to_string();
-        let es_ref = es.object_ref();
         let es: Reader = Arc::new(es);
         let mut wake = Vec::new();
         {
@@ -580,7 +579,7 @@ impl Watches {
                             watched
                                 .readers_of(&moved)
                                 .into_iter()
-                                .filter(|reader| reader != &es_ref),
+                                .filter(|reader| reader != &es),
                         );
                     }
                     // Read before the watch last learnt something: older news. A stage the watch knows
@@ -591,7 +590,7 @@ impl Watches {
                         if let Version::Stage(stage) = &read.version {
                             let known = watched.stages.get_or_insert(stage, &read.version_id);
                             if *known != read.version_id {
-                                wake.push(es_ref.clone());
+                                wake.push(es.clone());
                             }
                         }
                         watched.keep_value(
@@ -697,12 +696,12 @@ impl Watches {
         }
     }
 
-    fn wake_all(&self, mut readers: Vec<ObjectRef<ExternalSecret>>) {
-        readers.sort_by_key(|r| (r.namespace.clone(), r.name.clone()));
+    fn wake_all(&self, mut readers: Vec<Reader>) {
+        readers.sort();
         readers.dedup();
         for reader in readers {
             // Only fails when the controller has stopped.
-            let _ = self.wake.unbounded_send(reader);
+            let _ = self.wake.unbounded_send(reader.object_ref());
         }
     }
 }

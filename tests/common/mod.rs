@@ -659,7 +659,14 @@ pub fn recorded_calls() -> Vec<Call> {
 pub struct RecordingMark(u64);
 
 pub fn recording_mark() -> RecordingMark {
-    recorded_calls_since(RecordingMark(0)).1
+    let path = &env_vars()["MOTO_RECORDING"];
+    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    RecordingMark(
+        bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |end| end + 1) as u64,
+    )
 }
 
 /// The AWS requests recorded after `mark`, and the mark after them: at 100,000 ExternalSecrets the whole
