@@ -15,7 +15,7 @@ COPY e2e e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin secretsync --target "$(uname -m)-unknown-linux-musl" \
-    && cp "target/$(uname -m)-unknown-linux-musl/release/secretsync" /secretsync
+    && cp "target/$(uname -m)-unknown-linux-musl/release/secretsync" /secretsync && strip /secretsync
 
 # Static, with CA certificates for the API server and AWS, and the nonroot user.
 FROM gcr.io/distroless/static-debian12:nonroot

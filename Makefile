@@ -1,10 +1,15 @@
 # Everything a developer or CI runs. `make demo` and `make test` set up what they need on a fresh machine.
-.PHONY: all build demo test test-env test-env-down crds manifests lint bench
+.PHONY: all build image demo test test-env test-env-down crds manifests lint bench
 
 all: build
 
 build:
 	cargo build --locked
+
+## The operator image (secretsync:dev, or IMAGE=...): from the Dockerfile's public bases when they are
+## reachable, else the same layout from local parts. Starts dockerd (hack/docker.sh) if none answers.
+image:
+	DOCKER_HOST=$$(hack/docker.sh up) hack/build-image.sh
 
 ## Build, start the local stack, sync a sample secret and show a rotation reaching the Secret.
 demo:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: lint, start the local stack unless it already runs, run every test, and stop the stack
-# again if this run started it.
+# `make test`: lint, start the local stack and docker unless they already run, build the operator image,
+# run every test, and stop what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,8 +8,12 @@ command -v cargo >/dev/null || { echo "cargo is required: install Rust with rust
 cargo fmt --all -- --check || { echo "formatting differs: run 'cargo fmt' and commit" >&2; exit 1; }
 cargo clippy --locked --all-targets -- -D warnings
 
-state=$(hack/testenv.sh up)
-if [ "$state" = started ]; then
-  trap 'hack/testenv.sh down' EXIT
-fi
+stop=()
+trap 'for s in "${stop[@]}"; do $s; done' EXIT
+hack/docker.sh status || stop+=("hack/docker.sh down")
+DOCKER_HOST=$(hack/docker.sh up)
+export DOCKER_HOST
+SECRETSYNC_IMAGE=$(hack/build-image.sh)
+export SECRETSYNC_IMAGE
+[ "$(hack/testenv.sh up)" = running ] || stop+=("hack/testenv.sh down")
 cargo test --locked

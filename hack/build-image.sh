@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# `make image`: the operator image, with or without a registry. Prints the image's name.
+#
+# With registry access the Dockerfile builds it from its public bases. Without (this project's machines),
+# the same layout comes from local parts: the static musl binary, built here, on a root filesystem holding
+# what distroless static nonroot holds (CA certificates, passwd and group with nonroot 65532, nsswitch.conf,
+# /tmp, zoneinfo; no shell), imported with the Dockerfile's own final-stage settings (USER, ENTRYPOINT, CMD).
+#
+#   IMAGE=secretsync:dev (default)   the name to build
+#   DOCKER_HOST                      the daemon (hack/docker.sh up prints one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${IMAGE:-secretsync:dev}
+CACHE=${SECRETSYNC_CACHE:-$HOME/.cache/secretsync}
+PUBLIC_BASE=$(sed -n 's/^FROM \([^ ]*\)$/\1/p' Dockerfile | tail -1)
+TARGET=$(uname -m)-unknown-linux-musl
+
+log() { echo "build-image: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+command -v docker >/dev/null || die "docker is required: run hack/docker.sh up (or install Docker)"
+
+if timeout 60 docker pull -q "$PUBLIC_BASE" >/dev/null 2>&1; then
+  log "building from the Dockerfile ($PUBLIC_BASE is reachable)"
+  docker build -q -t "$IMAGE" . >&2
+  echo "$IMAGE"
+  exit 0
+fi
+log "$PUBLIC_BASE is not reachable: building $IMAGE from local parts"
+
+# The musl toolchain: Debian's musl-gcc for the C parts (aws-lc, jemalloc), Rust's musl target.
+if ! command -v musl-gcc >/dev/null || ! command -v cmake >/dev/null; then
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "musl-gcc and cmake are required: apt-get install musl-tools cmake"
+  log "installing musl-tools and cmake"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools cmake >&2
+fi
+rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
+
+# Kept in the cache rather than target/ so that a fresh clone only compiles secretsync itself.
+target_dir=$CACHE/build/image-target
+log "building the static binary (first time: about 12 minutes)"
+CARGO_TARGET_DIR=$target_dir cargo build --release --locked --bin secretsync --target "$TARGET" >&2
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/etc/ssl/certs" "$root/home/nonroot" "$root/root" "$root/tmp" "$root/usr/share"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/" ||
+  die "no CA bundle at /etc/ssl/certs/ca-certificates.crt: apt-get install ca-certificates"
+[ -d /usr/share/zoneinfo ] && cp -r /usr/share/zoneinfo "$root/usr/share/"
+cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+EOF
+cat >"$root/etc/group" <<'EOF'
+root:x:0:
+nobody:x:65534:
+tty:x:5:
+staff:x:50:
+nonroot:x:65532:
+EOF
+echo "hosts: files dns" >"$root/etc/nsswitch.conf"
+chmod 1777 "$root/tmp"
+chmod 700 "$root/root"
+cp "$target_dir/$TARGET/release/secretsync" "$root/secretsync"
+strip "$root/secretsync"
+chown -R 0:0 "$root"
+chown 65532:65532 "$root/home/nonroot"
+
+# Every instruction of the Dockerfile's final stage but FROM and COPY (whose one file is /secretsync above).
+changes=()
+while IFS= read -r line; do changes+=(--change "$line"); done < <(
+  awk '/^FROM /{stage=""} /^(USER|ENTRYPOINT|CMD|ENV|LABEL|WORKDIR|EXPOSE) /{stage=stage $0 "\n"} END{printf "%s", stage}' Dockerfile)
+[ "${#changes[@]}" -gt 0 ] || die "found no USER/ENTRYPOINT/CMD in the Dockerfile's final stage"
+tar --numeric-owner -C "$root" -c . | docker import "${changes[@]}" - "$IMAGE" >/dev/null
+echo "$IMAGE"

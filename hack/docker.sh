@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A docker daemon for the image and the kind cluster: the one already answering (DOCKER_HOST or the default
+# socket) when there is one, or else Debian's dockerd started here with its state under the cache.
+#
+#   hack/docker.sh up      start unless a daemon answers; prints the DOCKER_HOST to use
+#   hack/docker.sh down    stop the daemon this script started (by its PID), keeping its images
+#   hack/docker.sh status  exit 0 when a daemon answers
+set -euo pipefail
+
+CACHE=${SECRETSYNC_CACHE:-$HOME/.cache/secretsync}
+DATA=$CACHE/docker/data
+RUN=/run/secretsync-docker
+SOCKET=unix://$RUN/docker.sock
+PIDFILE=$RUN/dockerd.pid
+
+log() { echo "docker: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+answers() { DOCKER_HOST=$1 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+install_docker() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
+    die "dockerd is not installed: install Docker (https://docs.docker.com/engine/install/), or on Debian as root: apt-get install docker.io"
+  log "installing Debian's docker.io"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >&2 ||
+    die "apt-get install docker.io failed"
+}
+
+up() {
+  command -v docker >/dev/null || install_docker
+  if [ -n "${DOCKER_HOST:-}" ] && answers "$DOCKER_HOST"; then echo "$DOCKER_HOST"; return; fi
+  answers "$SOCKET" && { echo "$SOCKET"; return; }
+  answers unix:///var/run/docker.sock && { echo unix:///var/run/docker.sock; return; }
+  command -v dockerd >/dev/null || install_docker
+  [ "$(id -u)" = 0 ] || die "no docker daemon answers and starting one needs root: start Docker, or set DOCKER_HOST"
+  mkdir -p "$DATA" "$RUN"
+  log "starting dockerd (state in $DATA, log in $RUN/dockerd.log)"
+  setsid dockerd --data-root "$DATA" --exec-root "$RUN/exec" --pidfile "$PIDFILE" -H "$SOCKET" \
+    >"$RUN/dockerd.log" 2>&1 </dev/null &
+  for _ in $(seq 120); do
+    answers "$SOCKET" && { echo "$SOCKET"; return; }
+    kill -0 $! 2>/dev/null || break
+    sleep 0.5
+  done
+  tail -20 "$RUN/dockerd.log" >&2
+  die "dockerd did not start; log: $RUN/dockerd.log"
+}
+
+down() {
+  [ -f "$PIDFILE" ] || return 0
+  local pid
+  pid=$(cat "$PIDFILE")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$PIDFILE"
+  log "stopped"
+}
+
+case ${1:-} in
+up) up ;;
+down) down ;;
+status) { [ -n "${DOCKER_HOST:-}" ] && answers "$DOCKER_HOST"; } || answers "$SOCKET" || answers unix:///var/run/docker.sock ;;
+*) die "usage: $0 up|down|status" ;;
+esac
