@@ -44,29 +44,9 @@ CARGO_TARGET_DIR=$target_dir cargo build --release --locked --bin secretsync --t
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/etc/ssl/certs" "$root/home/nonroot" "$root/root" "$root/tmp" "$root/usr/share"
-cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/" ||
-  die "no CA bundle at /etc/ssl/certs/ca-certificates.crt: apt-get install ca-certificates"
-[ -d /usr/share/zoneinfo ] && cp -r /usr/share/zoneinfo "$root/usr/share/"
-cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
-EOF
-cat >"$root/etc/group" <<'EOF'
-root:x:0:
-nobody:x:65534:
-tty:x:5:
-staff:x:50:
-nonroot:x:65532:
-EOF
-echo "hosts: files dns" >"$root/etc/nsswitch.conf"
-chmod 1777 "$root/tmp"
-chmod 700 "$root/root"
+hack/static-root.sh "$root"
 cp "$target_dir/$TARGET/release/secretsync" "$root/secretsync"
 strip "$root/secretsync"
-chown -R 0:0 "$root"
-chown 65532:65532 "$root/home/nonroot"
 
 # Every instruction of the Dockerfile's final stage but FROM and COPY (whose one file is /secretsync above).
 changes=()

@@ -34,8 +34,17 @@ up() {
   command -v dockerd >/dev/null || install_docker
   [ "$(id -u)" = 0 ] || die "no docker daemon answers and starting one needs root: start Docker, or set DOCKER_HOST"
   mkdir -p "$DATA" "$RUN"
+  local runtime=()
+  # Where some capability is missing from every process's bounding set, privileged containers (kind's nodes)
+  # fail to start with plain runc: run them with the capabilities this machine has.
+  if [ "$(awk '/^CapBnd:/ {print $2}' /proc/self/status)" != "$(printf '%016x' $(((1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1)))" ]; then
+    command -v jq >/dev/null || { apt-get update -qq >&2 && apt-get install -y -qq jq >&2; } || die "jq is required"
+    install -D -m 0755 "$(dirname "$0")/node-image/capped-runc" "$CACHE/bin/capped-runc"
+    runtime=(--add-runtime "capped-runc=$CACHE/bin/capped-runc" --default-runtime capped-runc)
+    log "capabilities are missing from the bounding set: containers run with the ones there are (hack/node-image/capped-runc)"
+  fi
   log "starting dockerd (state in $DATA, log in $RUN/dockerd.log)"
-  setsid dockerd --data-root "$DATA" --exec-root "$RUN/exec" --pidfile "$PIDFILE" -H "$SOCKET" \
+  setsid dockerd --data-root "$DATA" --exec-root "$RUN/exec" --pidfile "$PIDFILE" -H "$SOCKET" "${runtime[@]}" \
     >"$RUN/dockerd.log" 2>&1 </dev/null &
   for _ in $(seq 120); do
     answers "$SOCKET" && { echo "$SOCKET"; return; }
