@@ -21,8 +21,6 @@ cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 KIND_VERSION=${KIND_VERSION:-v0.30.0}
-SUITE=bookworm
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${SECRETSYNC_CACHE:-$HOME/.cache/secretsync}
 NODE_PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,socat
 PROXY_PACKAGES=iptables,nftables,conntrack,ipset,kmod
@@ -40,27 +38,10 @@ tag_of() { sed -n "s|^registry.k8s.io/$1:||p" <<<"$images"; }
 etcd_tag=$(tag_of etcd) coredns_tag=$(tag_of coredns/coredns) pause_tag=$(tag_of pause)
 [ -n "$etcd_tag" ] && [ -n "$coredns_tag" ] && [ -n "$pause_tag" ] || die "unexpected kubeadm image list: $images"
 
-key=$(cat "$0" hack/node-image/* hack/static-root.sh <(echo "$K8S_VERSION $KIND_VERSION $SUITE $images") | sha256sum | cut -c1-12)
+key=$(cat "$0" hack/node-image/* hack/static-root.sh hack/debian-root.sh <(echo "$K8S_VERSION $KIND_VERSION $images") | sha256sum | cut -c1-12)
 NODE_IMAGE=secretsync.local/kind-node:$K8S_VERSION-$key
 if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then echo "$NODE_IMAGE"; exit 0; fi
 log "building $NODE_IMAGE (first time: about 10 minutes)"
-
-# A Debian root with these packages, as a tar kept in the cache.
-debian_root() { # packages; prints the tar
-  local tar
-  tar=$CACHE/build/debian-$SUITE-$(echo "$1" | sha256sum | cut -c1-12).tar
-  if [ ! -f "$tar" ]; then
-    command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq >&2 && apt-get install -y -qq debootstrap >&2; }
-    local dir
-    dir=$(mktemp -d)
-    log "debootstrap $SUITE with $1"
-    debootstrap --variant=minbase --include="$1" "$SUITE" "$dir" "$MIRROR" >&2 || die "debootstrap failed (needs $MIRROR)"
-    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
-    tar --numeric-owner -C "$dir" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
-    rm -rf "$dir"
-  fi
-  echo "$tar"
-}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -69,7 +50,7 @@ trap 'rm -rf "$work"' EXIT
 etcd=$(ETCD_VERSION="v${etcd_tag%-*}" hack/build-control-plane.sh etcd)/etcd
 coredns=$(PREFER_PATH=0 hack/go-tool.sh coredns github.com/coredns/coredns "$coredns_tag")
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/pause" hack/node-image/pause.go
-proxy_root=$(debian_root "$PROXY_PACKAGES")
+proxy_root=$(hack/debian-root.sh "$PROXY_PACKAGES")
 
 component() { # image name, binary, path in the image, entrypoint (JSON) or ""
   local root=$work/image
@@ -97,7 +78,7 @@ docker save "${component_images[@]}" -o "$work/images.tar"
 # The node's root.
 node=$work/node
 mkdir -p "$node"
-tar -C "$node" -xf "$(debian_root "$NODE_PACKAGES")"
+tar -C "$node" -xf "$(hack/debian-root.sh "$NODE_PACKAGES")"
 cp -r "$kind_files"/{etc,kind,usr} "$node/"
 chmod -R u+w,go-w "$node/etc" "$node/kind" "$node/usr/local"
 chmod 0755 "$node"/usr/local/bin/* "$node"/kind/bin/*
