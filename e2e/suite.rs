@@ -21,7 +21,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, helm, iam, wait_for};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{
+    MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, helm, iam, kubectl, wait_for,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -74,6 +78,8 @@ struct Installed {
     runner: Runner,
     /// Out of cluster only: the operator processes, one per replica, named `e2e-<i>` as their pods would be.
     operators: Vec<(String, Operator)>,
+    /// In a cluster only: the IAM role the pods assume with their projected token.
+    irsa_role: Option<String>,
 }
 
 impl Installed {
@@ -81,13 +87,17 @@ impl Installed {
         let release = t.namespace.clone();
         let fullname = format!("{release}-secretsync");
         let runner = Runner::from_env();
+        let irsa_role = match &runner {
+            Runner::InCluster { .. } => Some(create_irsa_role(t).await),
+            Runner::OutOfCluster => None,
+        };
         let values = match &runner {
             Runner::InCluster {
                 image,
                 aws_endpoint,
                 ..
             } => {
-                let role = irsa_role(t).await;
+                let role = irsa_role.as_deref().expect("a role in a cluster");
                 let (repository, tag) =
                     image.rsplit_once(':').expect("E2E_IMAGE is repository:tag");
                 json!({
@@ -155,6 +165,7 @@ impl Installed {
             fullname,
             runner,
             operators,
+            irsa_role,
         }
     }
 
@@ -241,7 +252,7 @@ impl Drop for Installed {
 }
 
 /// The IAM role the chart's pods assume with their projected token, as on EKS.
-async fn irsa_role(t: &TestContext) -> String {
+async fn create_irsa_role(t: &TestContext) -> String {
     let trust = json!({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
         "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/kind"},
@@ -257,6 +268,40 @@ async fn irsa_role(t: &TestContext) -> String {
         .role
         .expect("role")
         .arn
+}
+
+/// Whether moto (in the cluster, recording every request) was asked for a session of `role` with a web
+/// identity token: the operator's pods had no other credentials.
+fn assumed_with_web_identity(role: &str) -> bool {
+    let recording = kubectl(&[
+        "exec",
+        "-n",
+        "moto",
+        "deploy/moto",
+        "--",
+        "cat",
+        "/tmp/moto_recording",
+    ]);
+    recording.lines().any(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a recorded request");
+        let raw = entry["body"].as_str().unwrap_or_default();
+        let body = if entry["body_encoded"].as_bool() == Some(true) {
+            String::from_utf8(STANDARD.decode(raw).unwrap_or_default()).unwrap_or_default()
+        } else {
+            raw.to_string()
+        };
+        let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect();
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        field("Action") == Some("AssumeRoleWithWebIdentity")
+            && field("RoleArn") == Some(role)
+            && field("WebIdentityToken").is_some_and(|token| !token.is_empty())
+    })
 }
 
 /// The namespace admits only pods that meet Pod Security "restricted", as a hardened cluster's would.
@@ -427,10 +472,14 @@ async fn syncs_rotates_and_restarts_under_restricted_pod_security_with_the_chart
         .await;
     let started = Instant::now();
     t.sync_value("app", "aws", &key, "v1").await;
-    if installed.runner.in_cluster() {
+    if let Some(role) = &installed.irsa_role {
         figure(
             "in-cluster sync: ExternalSecret applied to Secret written",
             started.elapsed(),
+        );
+        assert!(
+            assumed_with_web_identity(role),
+            "no AssumeRoleWithWebIdentity of {role} in moto's recording"
         );
     }
     if let Runner::InCluster { workload_image, .. } = &installed.runner {
@@ -475,10 +524,16 @@ async fn syncs_rotates_and_restarts_under_restricted_pod_security_with_the_chart
         .delete("app", &Default::default())
         .await
         .unwrap();
-    wait_for("the Secret to be collected", TIMEOUT, || async {
-        let secret = t.secrets().get_opt("app").await.unwrap();
-        secret.is_none().then_some(()).ok_or("still there")
-    })
+    // The garbage collector learns of a new CRD by rediscovery (every 30 s): on a stack started just before
+    // this test, the ExternalSecret kind may not be watched by it yet.
+    wait_for(
+        "the Secret to be collected",
+        Duration::from_secs(90),
+        || async {
+            let secret = t.secrets().get_opt("app").await.unwrap();
+            secret.is_none().then_some(()).ok_or("still there")
+        },
+    )
     .await;
     let log = installed.log();
     assert!(

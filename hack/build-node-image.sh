@@ -124,6 +124,9 @@ docker commit "${node_changes[@]}" --change 'CMD []' "$loader" "$NODE_IMAGE-load
 docker rm -f "$loader" >/dev/null
 trap 'rm -rf "$work"' EXIT
 # systemd stops on SIGRTMIN+3; neither import nor commit can set a stop signal, a build from the image can.
-printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$NODE_IMAGE-loaded" | DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" - >/dev/null
+# (The legacy builder needs no registry; its deprecation notice is shown only if the build fails.)
+mkdir "$work/stop-signal"
+printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$NODE_IMAGE-loaded" >"$work/stop-signal/Dockerfile"
+built=$(DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" "$work/stop-signal" 2>&1) || die "$built"
 docker rmi "$NODE_IMAGE-unloaded" "$NODE_IMAGE-loaded" >/dev/null
 echo "$NODE_IMAGE"
