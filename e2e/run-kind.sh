@@ -37,7 +37,8 @@ if [ "$images" = auto ]; then
   if timeout 120 docker pull -q "$PUBLIC_NODE" >/dev/null 2>&1; then images=public; else images=local; fi
   log "images: $images"
 fi
-operator_image=$(IMAGE=secretsync:e2e hack/build-image.sh)
+# `make test` has built the image already and names it.
+operator_image=${SECRETSYNC_IMAGE:-$(IMAGE=secretsync:e2e hack/build-image.sh)}
 case $images in
 public) node_image=$PUBLIC_NODE moto_image=$PUBLIC_MOTO ;;
 local)

@@ -30,11 +30,7 @@ fi
 log "$PUBLIC_BASE is not reachable: building $IMAGE from local parts"
 
 # The musl toolchain: Debian's musl-gcc for the C parts (aws-lc, jemalloc), Rust's musl target.
-if ! command -v musl-gcc >/dev/null || ! command -v cmake >/dev/null; then
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "musl-gcc and cmake are required: apt-get install musl-tools cmake"
-  log "installing musl-tools and cmake"
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools cmake >&2
-fi
+command -v musl-gcc >/dev/null && command -v cmake >/dev/null || hack/apt-install.sh musl-tools cmake
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET" >&2
 
 # Kept in the cache rather than target/ so that a fresh clone only compiles secretsync itself.

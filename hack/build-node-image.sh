@@ -21,7 +21,6 @@ cd "$(dirname "$0")/.."
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 KIND_VERSION=${KIND_VERSION:-v0.30.0}
-CACHE=${SECRETSYNC_CACHE:-$HOME/.cache/secretsync}
 NODE_PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,socat
 PROXY_PACKAGES=iptables,nftables,conntrack,ipset,kmod
 export GOTOOLCHAIN=local

@@ -13,10 +13,7 @@ log() { echo "debian-root: $*" >&2; }
 
 if [ ! -f "$tar" ]; then
   [ "$(id -u)" = 0 ] || { log "debootstrap needs root"; exit 1; }
-  if ! command -v debootstrap >/dev/null; then
-    log "installing debootstrap"
-    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-  fi
+  command -v debootstrap >/dev/null || "$(dirname "$0")/apt-install.sh" debootstrap
   dir=$(mktemp -d)
   trap 'rm -rf "$dir"' EXIT
   log "debootstrap $SUITE with $packages"

@@ -18,19 +18,23 @@ die() { log "$*"; exit 1; }
 
 answers() { DOCKER_HOST=$1 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+# Prints the first daemon that answers: DOCKER_HOST's, this script's, the default socket's.
+answering() {
+  local host
+  for host in ${DOCKER_HOST:-} "$SOCKET" unix:///var/run/docker.sock; do
+    if answers "$host"; then echo "$host"; return 0; fi
+  done
+  return 1
+}
+
 install_docker() {
-  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
-    die "dockerd is not installed: install Docker (https://docs.docker.com/engine/install/), or on Debian as root: apt-get install docker.io"
-  log "installing Debian's docker.io"
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >&2 ||
-    die "apt-get install docker.io failed"
+  "$(dirname "$0")/apt-install.sh" docker.io ||
+    die "docker is not installed: install Docker (https://docs.docker.com/engine/install/)"
 }
 
 up() {
   command -v docker >/dev/null || install_docker
-  if [ -n "${DOCKER_HOST:-}" ] && answers "$DOCKER_HOST"; then echo "$DOCKER_HOST"; return; fi
-  answers "$SOCKET" && { echo "$SOCKET"; return; }
-  answers unix:///var/run/docker.sock && { echo unix:///var/run/docker.sock; return; }
+  answering && return
   command -v dockerd >/dev/null || install_docker
   [ "$(id -u)" = 0 ] || die "no docker daemon answers and starting one needs root: start Docker, or set DOCKER_HOST"
   mkdir -p "$DATA" "$RUN"
@@ -38,7 +42,7 @@ up() {
   # Where some capability is missing from every process's bounding set, privileged containers (kind's nodes)
   # fail to start with plain runc: run them with the capabilities this machine has.
   if [ "$(awk '/^CapBnd:/ {print $2}' /proc/self/status)" != "$(printf '%016x' $(((1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1)))" ]; then
-    command -v jq >/dev/null || { apt-get update -qq >&2 && apt-get install -y -qq jq >&2; } || die "jq is required"
+    command -v jq >/dev/null || "$(dirname "$0")/apt-install.sh" jq
     install -D -m 0755 "$(dirname "$0")/node-image/capped-runc" "$CACHE/bin/capped-runc"
     runtime=(--add-runtime "capped-runc=$CACHE/bin/capped-runc" --default-runtime capped-runc)
     log "capabilities are missing from the bounding set: containers run with the ones there are (hack/node-image/capped-runc)"
@@ -69,6 +73,6 @@ down() {
 case ${1:-} in
 up) up ;;
 down) down ;;
-status) { [ -n "${DOCKER_HOST:-}" ] && answers "$DOCKER_HOST"; } || answers "$SOCKET" || answers unix:///var/run/docker.sock ;;
+status) answering >/dev/null ;;
 *) die "usage: $0 up|down|status" ;;
 esac
