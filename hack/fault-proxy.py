@@ -5,13 +5,18 @@ would, and counts what it saw. Standard library only.
     fault-proxy.py --port P --upstream http://127.0.0.1:M
 
 Control (not forwarded):
-    POST /fault-proxy/mode   {"mode": "pass" | "refuse" | "blackhole" | "throttle" | "slow"}
+    POST /fault-proxy/mode   {"mode": "pass" | "refuse" | "blackhole" | "throttle" | "slow" | "unavailable" | "deny",
+                              "region": "us-east-1" (optional)}
         refuse:    the connection is closed without an answer (AWS unreachable)
         blackhole: the connection is accepted and never answered, until the mode changes
         throttle:  Secrets Manager and SQS calls get 400 ThrottlingException; STS passes
         stale-list: ListSecrets answers stay what the first one after the switch said (a lagging listing);
                    everything else passes
         slow:      Secrets Manager calls are forwarded after SLOW_SECONDS; STS passes at once
+        unavailable: every call gets 503 ServiceUnavailable (a regional outage's server errors)
+        deny:      Secrets Manager calls get 400 AccessDeniedException; STS passes
+    With "region", only requests signed for that region (the SigV4 credential scope) are faulted; the
+    others pass: one moto serves every region, and this fails one of them.
     GET  /fault-proxy/stats  {"mode": ..., "forwarded": n, "faulted": n, "faulted_by_action": {...}}
 """
 
@@ -23,10 +28,18 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-state = {"mode": "pass", "forwarded": 0, "faulted": 0, "faulted_by_action": {}, "frozen_list": None}
+state = {"mode": "pass", "region": None, "forwarded": 0, "faulted": 0, "faulted_by_action": {}, "frozen_list": None}
 lock = threading.Lock()
 mode_changed = threading.Condition(lock)
 SLOW_SECONDS = 0.3
+
+
+def region_of(headers):
+    """The region of a SigV4 signature: Credential=AKID/date/REGION/service/aws4_request."""
+    authorization = headers.get("Authorization") or ""
+    credential = authorization.partition("Credential=")[2].split(",")[0]
+    parts = credential.split("/")
+    return parts[2] if len(parts) > 2 else None
 
 
 def action_of(headers, body):
@@ -47,7 +60,9 @@ class Handler(BaseHTTPRequestHandler):
     def control(self, body):
         if self.path == "/fault-proxy/mode" and self.command == "POST":
             with lock:
-                state["mode"] = json.loads(body)["mode"]
+                request = json.loads(body)
+                state["mode"] = request["mode"]
+                state["region"] = request.get("region")
                 state["frozen_list"] = None
                 mode_changed.notify_all()
         with lock:
@@ -72,7 +87,9 @@ class Handler(BaseHTTPRequestHandler):
         is_sts = self.headers.get("X-Amz-Target") is None
         with lock:
             mode = state["mode"]
-            if mode in ("throttle", "slow") and is_sts:
+            if mode in ("throttle", "slow", "deny") and is_sts:
+                mode = "pass"
+            if state["region"] is not None and region_of(self.headers) != state["region"]:
                 mode = "pass"
             if mode == "stale-list":
                 if action != "ListSecrets":
@@ -93,14 +110,20 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "slow":
             time.sleep(SLOW_SECONDS)
         if mode == "throttle":
-            answer = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
-            self.send_response(400)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-            return
+            return self.error(400, "ThrottlingException", "Rate exceeded")
+        if mode == "unavailable":
+            return self.error(503, "ServiceUnavailable", "Service is unavailable in this region")
+        if mode == "deny":
+            return self.error(400, "AccessDeniedException", "not authorized to perform this action")
         self.forward(body)
+
+    def error(self, status, code, message):
+        answer = json.dumps({"__type": code, "message": message}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def forward(self, body):
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)

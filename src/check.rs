@@ -93,7 +93,7 @@ pub async fn check(client: Client, args: CheckArgs) -> Result<bool, BoxError> {
             };
             println!("region: {}", plan.region);
             println!("credentials: {plan}");
-            match stores.aws_provider(aws, &plan).await {
+            match stores.aws_provider(aws, &plan, &scope).await {
                 Ok(aws) => Provider::Aws(Box::new(aws)),
                 Err(err) => {
                     report("identity", &err);

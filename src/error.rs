@@ -74,6 +74,15 @@ pub enum Error {
         detail: String,
     },
 
+    /// What a regional outage looks like: no answer, a timeout, a server error, throttling past the retries.
+    /// A store with failover regions tries the next one.
+    #[error("{call} failed{}: {detail}", for_key(key))]
+    Unavailable {
+        call: &'static str,
+        key: Option<String>,
+        detail: String,
+    },
+
     #[error("Secret key {key:?} from {origin} is invalid: {problem}")]
     InvalidKey {
         key: String,
@@ -95,6 +104,11 @@ pub enum Error {
         "Secret {0:?} exists and is not owned by this ExternalSecret; refusing to overwrite it"
     )]
     SecretConflict(String),
+
+    #[error(
+        "ExternalSecret {0} exists and was not made by this ClusterExternalSecret; refusing to overwrite it"
+    )]
+    ExternalSecretConflict(String),
 
     #[error(
         "Secret {0:?} does not exist; creationPolicy Merge only adds keys to an existing Secret"
@@ -199,11 +213,12 @@ impl Error {
             Error::RemoteKeyNotFound { .. } => "RemoteKeyNotFound",
             Error::PropertyNotFound { .. } => "PropertyNotFound",
             Error::InvalidRemoteValue { .. } => "InvalidRemoteValue",
-            Error::Provider { .. } => "ProviderError",
+            Error::Provider { .. } | Error::Unavailable { .. } => "ProviderError",
             Error::InvalidKey { .. } => "InvalidKey",
             Error::KeyCollision { .. } => "KeyCollision",
             Error::Template(_) => "TemplateError",
             Error::SecretConflict(_) => "SecretConflict",
+            Error::ExternalSecretConflict(_) => "ExternalSecretConflict",
             Error::SecretMissing(_) => "SecretMissing",
             Error::ImmutableSecret(_) => "ImmutableSecret",
             Error::SecretTooLarge { .. } => "SecretTooLarge",
@@ -215,7 +230,7 @@ impl Error {
     /// the rest need someone to change something, so they are reported and retried slowly.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Provider { .. } => true,
+            Error::Provider { .. } | Error::Unavailable { .. } => true,
             Error::Kube(err) => match err.as_ref() {
                 kube::Error::Api(status) => {
                     status.code == 429 || status.code >= 500 || status.code == 409
@@ -252,6 +267,7 @@ impl Error {
                 | Error::AccessDenied { .. }
                 | Error::RemoteKeyNotFound { .. }
                 | Error::Provider { .. }
+                | Error::Unavailable { .. }
         )
     }
 }

@@ -203,6 +203,7 @@ impl<P: SecretProvider> Reader<'_, P> {
                     stages: Vec::new(),
                     value: RemoteValue::Text(json),
                     read_at: None,
+                    replica: None,
                 };
                 self.tags.insert(key.clone(), secret);
             }

@@ -20,6 +20,9 @@ pub struct Metrics {
     not_ready_reasons: Mutex<HashMap<(String, String), String>>,
     store_condition: IntGaugeVec,
     cluster_store_condition: IntGaugeVec,
+    serving_region: IntGaugeVec,
+    /// The region each store with failover regions reports under, to drop that series when it changes.
+    serving_regions: Mutex<HashMap<(String, String, String), String>>,
     provider_calls: IntCounterVec,
     provider_errors: IntCounterVec,
     reconciles_in_flight: IntGaugeVec,
@@ -32,6 +35,19 @@ pub struct Metrics {
     leader: IntGauge,
     kept_value_bytes: IntGauge,
     kept_values_evicted: IntCounter,
+}
+
+/// (kind, namespace, name) of a store's series: a SecretStore has a namespace, a ClusterSecretStore none.
+fn serving_key(namespace: Option<&str>, name: &str) -> (String, String, String) {
+    let kind = match namespace {
+        Some(_) => "SecretStore",
+        None => "ClusterSecretStore",
+    };
+    (
+        kind.to_string(),
+        namespace.unwrap_or_default().to_string(),
+        name.to_string(),
+    )
 }
 
 /// Registers a metric and hands it back, for `Metrics` to keep.
@@ -131,6 +147,12 @@ impl Default for Metrics {
                 "ClusterSecretStore condition status",
                 &["name", "condition", "status"],
             ),
+            serving_region: gauge(
+                "secretsync_store_serving_region",
+                "1 for the region that serves a store with failoverRegions (its primary, or the failover region it moved to)",
+                &["kind", "namespace", "name", "region"],
+            ),
+            serving_regions: Mutex::default(),
             provider_calls: counter(
                 "externalsecret_provider_api_calls_count",
                 "Calls to secret providers by call and outcome",
@@ -288,6 +310,34 @@ impl Metrics {
             let (gauge, labels) = self.store_series(namespace, name, status);
             let _ = gauge.remove_label_values(&labels);
         }
+        let store = serving_key(namespace, name);
+        if let Some(region) = self
+            .serving_regions
+            .lock()
+            .expect("never poisoned")
+            .remove(&store)
+        {
+            let _ = self
+                .serving_region
+                .remove_label_values(&[&store.0, &store.1, &store.2, &region]);
+        }
+    }
+
+    /// The region that serves a store with failover regions: one series per store, labelled with it.
+    pub fn store_serving_region(&self, namespace: Option<&str>, name: &str, region: &str) {
+        let store = serving_key(namespace, name);
+        let labels = [store.0.as_str(), &store.1, &store.2];
+        let mut serving = self.serving_regions.lock().expect("never poisoned");
+        if let Some(old) = serving.insert(store.clone(), region.to_string())
+            && old != region
+        {
+            let _ = self
+                .serving_region
+                .remove_label_values(&[labels[0], labels[1], labels[2], &old]);
+        }
+        self.serving_region
+            .with_label_values(&[labels[0], labels[1], labels[2], region])
+            .set(1);
     }
 
     /// `error`: the error code of a failed call, `None` when it succeeded.

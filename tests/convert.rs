@@ -76,6 +76,31 @@ fn what_cannot_be_converted_is_reported() {
 }
 
 #[tokio::test]
+async fn cluster_external_secrets_convert_and_apply() {
+    let (documents, problems, status) = convert("cluster.yaml");
+    assert_eq!((status, problems.len()), (0, 0), "{problems:?}");
+    let ces = &documents[0];
+    assert_eq!(ces["apiVersion"], "secretsync.io/v1alpha1");
+    assert_eq!(ces["kind"], "ClusterExternalSecret");
+    assert_eq!(
+        ces["spec"]["externalSecretSpec"]["target"]["template"]["data"][".dockerconfigjson"],
+        r#"{"auths":{"{{ host }}":{"auth":"{{ (user ~ ":" ~ password) | b64enc }}"}}}"#
+    );
+    assert_eq!(ces["spec"]["namespaces"], json!(["tools"]));
+
+    // The API server takes it as converted. No operator here serves every namespace, and its selector
+    // matches none of the test namespaces anyway.
+    let t = TestContext::new("convert-ces").await;
+    let mut ces = ces.clone();
+    ces["metadata"]["name"] = json!(t.namespace);
+    t.apply_yaml(&ces.to_string()).await;
+    kube::Api::<secretsync::api::ClusterExternalSecret>::all(t.client.clone())
+        .delete(&t.namespace, &kube::api::DeleteParams::default())
+        .await
+        .expect("delete the ClusterExternalSecret");
+}
+
+#[tokio::test]
 async fn converted_manifests_apply_and_sync() {
     let t = TestContext::new("convert").await;
     let (mut documents, problems, _) = convert("app.yaml");

@@ -4,87 +4,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{MANIFEST_DIR, Operator, TIMEOUT, TestContext, env_vars, wait_for};
+use common::{FaultProxy, TIMEOUT, TestContext, wait_for};
 use serde_json::json;
-
-/// The fault proxy, stopped by PID on drop.
-struct FaultProxy {
-    child: Child,
-    url: String,
-}
-
-impl FaultProxy {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("python3")
-            .arg(format!("{MANIFEST_DIR}/hack/fault-proxy.py"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--upstream",
-                &env_vars()["MOTO_URL"],
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3 is required for the fault proxy");
-        let proxy = FaultProxy {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        wait_for("the fault proxy", TIMEOUT, || proxy.stats()).await;
-        proxy
-    }
-
-    async fn stats(&self) -> Result<serde_json::Value, String> {
-        let output = tokio::process::Command::new("curl")
-            .args(["-sf", &format!("{}/fault-proxy/stats", self.url)])
-            .output()
-            .await
-            .map_err(|err| format!("curl is required: {err}"))?;
-        serde_json::from_slice(&output.stdout).map_err(|err| err.to_string())
-    }
-
-    async fn set_mode(&self, mode: &str) {
-        let status = tokio::process::Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "POST",
-                "-d",
-                &json!({"mode": mode}).to_string(),
-                &format!("{}/fault-proxy/mode", self.url),
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .expect("curl");
-        assert!(status.success(), "set the fault proxy to {mode}");
-    }
-
-    async fn faulted(&self) -> u64 {
-        self.stats().await.unwrap()["faulted"].as_u64().unwrap()
-    }
-
-    /// The operator, with every AWS call through this proxy.
-    fn operator(&self, namespace: &str, extra_env: &[(&str, &str)]) -> Operator {
-        let mut env = vec![("AWS_ENDPOINT_URL", self.url.as_str())];
-        env.extend_from_slice(extra_env);
-        Operator::start(namespace, &env)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `count` ExternalSecrets `es-<i>`, four per remote secret, refreshed every `refresh`, on a store whose
 /// ListSecrets check runs every `check`. Returns the remote keys.

@@ -96,6 +96,8 @@ pub struct FakeProviderData {
     .message("session tag keys starting with secretsync- are set by the operator"))]
 #[x_kube(validation = Rule::new("has(self.role) || (!has(self.externalID) && !has(self.sessionTags) && !has(self.transitiveTagKeys))")
     .message("externalID, sessionTags and transitiveTagKeys apply to role: set role"))]
+#[x_kube(validation = Rule::new("!has(self.region) || !has(self.failoverRegions) || !(self.region in self.failoverRegions)")
+    .message("failoverRegions must not name the primary region"))]
 pub struct AwsProvider {
     pub service: AwsService,
     /// Required unless the operator's environment provides one (`AWS_REGION`).
@@ -132,6 +134,16 @@ pub struct AwsProvider {
     /// How rotations are noticed between full refreshes; by default ListSecrets every minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_check: Option<VersionCheck>,
+    /// Regions holding replicas of the secrets, tried in order when the primary region fails as an outage
+    /// does (no answer, timeouts, server errors, throttling past the retries); never on a refusal or a
+    /// secret not found. Reads and version checks go back to the primary once it answers again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 10),
+        inner(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub failover_regions: Vec<String>,
 }
 
 /// How the operator notices that a remote secret has a new version between two full refreshes of the
@@ -253,7 +265,11 @@ pub struct SecretKeySelector {
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretStoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// With `failoverRegions`: the region that reads and version checks go to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_region: Option<String>,
 }

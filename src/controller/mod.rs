@@ -1,6 +1,7 @@
 //! The controllers and what they share.
 
 mod backoff;
+mod cluster_external_secret;
 mod external_secret;
 mod first_syncs;
 mod refreshes;
@@ -271,13 +272,26 @@ impl Context {
 }
 
 /// Runs every controller until `stopping` turns true, then lets the reconciles in flight finish.
-/// `namespace` limits namespaced watches to one namespace.
+/// `namespace` limits namespaced watches to one namespace. ClusterExternalSecrets are served only when every
+/// namespace is: an operator limited to one cannot provision the others, and several such operators would
+/// contend for one ClusterExternalSecret's status.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::Receiver<bool>) {
     ctx.workloads.watch_in(namespace.clone());
+    let cluster_external_secrets = async {
+        match &namespace {
+            None => cluster_external_secret::run(ctx.clone(), stopping.clone()).await,
+            Some(_) => {
+                tracing::info!(
+                    "ClusterExternalSecrets are not served: the operator watches one namespace"
+                )
+            }
+        }
+    };
     futures::join!(
         external_secret::run(ctx.clone(), namespace.clone(), stopping.clone()),
-        secret_store::run_namespaced(ctx.clone(), namespace, stopping.clone()),
-        secret_store::run_cluster(ctx, stopping),
+        secret_store::run_namespaced(ctx.clone(), namespace.clone(), stopping.clone()),
+        secret_store::run_cluster(ctx.clone(), stopping.clone()),
+        cluster_external_secrets,
     );
 }
 

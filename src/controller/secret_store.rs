@@ -9,7 +9,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
@@ -23,6 +23,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::provider::SecretProvider;
+use crate::provider::aws::failover::StoreKey;
 use crate::rotation::Watches;
 use crate::store::{self, StoreScope};
 
@@ -85,17 +86,35 @@ pub async fn run_cluster(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
 async fn run<K: StoreObject>(ctx: Arc<Context>, api: Api<K>, stopping: watch::Receiver<bool>) {
     let (reader, writer) = reflector::store();
     // Status writes must not trigger another credentials check.
-    let metrics = ctx.metrics.clone();
+    let forget = ctx.clone();
     let stores = crate::controller::watch_stream(api, watcher::Config::default())
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(store)) = event {
-                metrics.forget_store(store.namespace().as_deref(), &store.name_any());
+                let namespace = store.namespace();
+                forget
+                    .metrics
+                    .forget_store(namespace.as_deref(), &store.name_any());
+                forget.stores.failovers.forget(&store_key(store));
             }
         })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // A store whose serving region changed reports it at once.
+    let switches = ctx
+        .stores
+        .failovers
+        .switches(K::KIND)
+        .expect("each store controller runs once")
+        .map(|store| {
+            let object = ObjectRef::<K>::new(&store.name);
+            match &store.namespace {
+                Some(namespace) => object.within(namespace),
+                None => object,
+            }
+        });
     Controller::for_stream(stores, reader)
+        .reconcile_on(switches)
         .graceful_shutdown_on(super::stopped(stopping))
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| async {})
@@ -123,7 +142,18 @@ async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<A
     };
     ctx.metrics
         .store_ready(namespace.as_deref(), &store.name_any(), ready);
-    report(store.as_ref(), &ctx, ready, reason, message).await?;
+    let serving = store
+        .spec()
+        .provider
+        .aws
+        .as_ref()
+        .filter(|aws| !aws.failover_regions.is_empty())
+        .and_then(|_| ctx.stores.failovers.serving(&scope.store_key()));
+    if let Some((region, _)) = &serving {
+        ctx.metrics
+            .store_serving_region(namespace.as_deref(), &name, region);
+    }
+    report(store.as_ref(), &ctx, ready, reason, message, serving).await?;
 
     let refresh = store
         .spec()
@@ -141,6 +171,14 @@ async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<A
 
 fn error_policy<K: StoreObject>(store: Arc<K>, _err: &Error, ctx: Arc<Context>) -> Action {
     Action::requeue(ctx.backoff.next(&key(store.as_ref())))
+}
+
+fn store_key<K: StoreObject>(store: &K) -> StoreKey {
+    StoreKey {
+        kind: K::KIND,
+        namespace: store.namespace(),
+        name: store.name_any(),
+    }
 }
 
 fn key<K: StoreObject>(store: &K) -> String {
@@ -175,24 +213,68 @@ async fn check(ctx: &Context, spec: &SecretStoreSpec, scope: &StoreScope<'_>) ->
     Ok(format!("credentials valid for {identity}"))
 }
 
-/// Writes the Ready condition and an event, only when the condition changed.
+/// Writes the Ready condition and the serving region, with an event for each change of either.
+/// `serving`: with failover regions, the region that serves and why the primary does not.
 async fn report<K: StoreObject>(
     store: &K,
     ctx: &Context,
     ready: bool,
     reason: &str,
     message: String,
+    serving: Option<(String, Option<String>)>,
 ) -> Result<()> {
     let mut status = store.status().cloned().unwrap_or_default();
     let generation = store.meta().generation;
-    let unchanged = status.conditions.iter().any(|c| {
+    let condition_unchanged = status.conditions.iter().any(|c| {
         c.type_ == READY
             && (c.status == "True") == ready
             && c.reason == reason
             && c.message == message
             && c.observed_generation == generation
     });
-    if unchanged {
+    let serving_region = serving.as_ref().map(|(region, _)| region.clone());
+    let switched = status.serving_region != serving_region;
+    if condition_unchanged && !switched {
+        return Ok(());
+    }
+    let previous = std::mem::replace(&mut status.serving_region, serving_region);
+    if switched && let Some((region, cause)) = &serving {
+        // The first report names the primary: no switch to tell of.
+        match (previous, cause) {
+            (_, Some(cause)) => {
+                tracing::warn!(store = %key(store), region, cause, "failed over");
+                let note =
+                    format!("reads and version checks go to failover region {region}: {cause}");
+                publish(
+                    ctx,
+                    store,
+                    EventType::Warning,
+                    "Failover",
+                    "FailedOver",
+                    note,
+                )
+                .await;
+            }
+            (Some(previous), None) => {
+                tracing::info!(store = %key(store), region, "back in the primary region");
+                let note = format!(
+                    "the primary region {region} answers again: reads and version checks are back there (from {previous})"
+                );
+                publish(
+                    ctx,
+                    store,
+                    EventType::Normal,
+                    "Failover",
+                    "FailedBack",
+                    note,
+                )
+                .await;
+            }
+            (None, None) => {}
+        }
+    }
+    if condition_unchanged {
+        apply_status(&store.api(ctx.client.clone()), store, &status).await?;
         return Ok(());
     }
     if !ready {

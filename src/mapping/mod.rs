@@ -280,6 +280,7 @@ mod tests {
             stages: Vec::new(),
             value: RemoteValue::Text(value.to_string()),
             read_at: None,
+            replica: None,
         }
     }
 
@@ -309,6 +310,7 @@ mod tests {
             stages: Vec::new(),
             value: RemoteValue::Binary(vec![0, 159, 255]),
             read_at: None,
+            replica: None,
         };
         assert_eq!(read(&binary, None).unwrap(), vec![0, 159, 255]);
     }

@@ -57,6 +57,7 @@ impl SecretProvider for FakeProvider {
             stages: Vec::new(),
             value: RemoteValue::Text(entry.value.clone()),
             read_at: None,
+            replica: None,
         })
     }
 

@@ -21,6 +21,8 @@ pub struct RemoteSecret {
     /// When the read started, if before the sync asked (a value read ahead for a first sync); otherwise
     /// the read is at least as recent as the sync.
     pub read_at: Option<Instant>,
+    /// The failover region that answered, while the primary region fails; none from the primary.
+    pub replica: Option<String>,
 }
 
 impl RemoteSecret {
@@ -48,6 +50,7 @@ impl fmt::Debug for RemoteSecret {
         f.debug_struct("RemoteSecret")
             .field("version_id", &self.version_id)
             .field("stages", &self.stages)
+            .field("replica", &self.replica)
             .field("value", &"<redacted>")
             .finish()
     }
@@ -186,6 +189,7 @@ mod tests {
             stages: Vec::new(),
             value: RemoteValue::Text("canary-value".into()),
             read_at: None,
+            replica: None,
         };
         assert!(!format!("{secret:?}").contains("canary-value"));
     }

@@ -14,7 +14,7 @@ use super::{Detection, GroupKey, StoreHandle, Watches, strategy_label};
 use crate::api::{ClusterSecretStore, SecretStore, StoreKind, VersionCheckStrategy};
 use crate::error::{Error, Result};
 use crate::provider::aws::events::{QueueMessage, SecretEvent, name_in_arn};
-use crate::provider::aws::{AwsSecretsManager, Stages};
+use crate::provider::aws::{AwsSecretsManager, Stages, Versions};
 use crate::provider::{Provider, SecretProvider, Version};
 use crate::task::AbortOnDrop;
 
@@ -25,7 +25,11 @@ const QUEUE_RETRY: Duration = Duration::from_secs(5);
 
 /// What a check saw of one watched secret.
 enum Observation {
-    Stages(Stages),
+    /// `replica`: seen in a failover region, which may lag behind its primary.
+    Stages {
+        stages: Stages,
+        replica: bool,
+    },
     Gone,
 }
 
@@ -144,18 +148,21 @@ async fn list(
     targets: &[String],
 ) -> Result<Vec<(String, Observation)>> {
     let listed = client.list_versions(&common_path(targets)).await?;
-    let mut by_id: HashMap<&str, &Stages> = HashMap::new();
+    let mut by_id: HashMap<&str, &Versions> = HashMap::new();
     for versions in &listed {
-        by_id.insert(&versions.name, &versions.stages);
+        by_id.insert(&versions.name, versions);
         if let Some(arn) = &versions.arn {
-            by_id.insert(arn, &versions.stages);
+            by_id.insert(arn, versions);
         }
     }
     Ok(targets
         .iter()
         .map(|target| {
             let observation = match by_id.get(target.as_str()) {
-                Some(stages) => Observation::Stages((*stages).clone()),
+                Some(versions) => Observation::Stages {
+                    stages: versions.stages.clone(),
+                    replica: versions.replica,
+                },
                 None => Observation::Gone,
             };
             (target.clone(), observation)
@@ -172,7 +179,10 @@ async fn describe(
     stream::iter(targets.iter().cloned())
         .map(|target| async move {
             let observation = match client.describe_versions(&target).await {
-                Ok(versions) => Observation::Stages(versions.stages),
+                Ok(versions) => Observation::Stages {
+                    stages: versions.stages,
+                    replica: versions.replica,
+                },
                 Err(Error::RemoteKeyNotFound { .. }) => Observation::Gone,
                 Err(err) => return Err(err),
             };
@@ -329,7 +339,17 @@ impl Watches {
                         }
                         continue;
                     }
-                    Observation::Stages(stages) => stages,
+                    Observation::Stages { stages, replica } => {
+                        // A failover region that does not know the version we hold as current lags
+                        // behind its primary: what it shows is older, and no rotation.
+                        let held = watched.stages.get(Version::CURRENT);
+                        if replica
+                            && held.is_some_and(|held| !stages.iter().any(|(_, id)| id == held))
+                        {
+                            continue;
+                        }
+                        stages
+                    }
                 };
                 // A sync's read that finished during this check saw newer stages than the check did.
                 if watched.as_of.is_some_and(|as_of| as_of > started) {
@@ -433,6 +453,11 @@ impl Watches {
             else {
                 continue;
             };
+            // A failover region answering with a version already replaced lags behind its primary: that
+            // confirms nothing, and is no rotation.
+            if secret.replica.is_some() && watched.superseded.contains(&id) {
+                continue;
+            }
             // The batch answers with AWSCURRENT as it is now, which may already be newer than listed, or
             // confirm that a stage really went back.
             let mut moved_now = BTreeSet::new();

@@ -855,6 +855,7 @@ mod tests {
             IdentityKey::operator("eu-west-1"),
             metrics,
             Default::default(),
+            None,
         );
         (watches, woken, provider)
     }
@@ -888,6 +889,7 @@ mod tests {
                 stages: stages.iter().map(|s| s.to_string()).collect(),
                 value: RemoteValue::Text(value.into()),
                 read_at: None,
+                replica: None,
             }),
         }
     }

@@ -21,6 +21,7 @@ use crate::api::{
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
+use crate::provider::aws::failover::{Failovers, StoreKey};
 use crate::provider::aws::sts::RoleRequest;
 use crate::provider::aws::{AwsSecretsManager, SharedReads};
 use crate::provider::fake::FakeProvider;
@@ -48,6 +49,14 @@ pub struct StoreScope<'a> {
 }
 
 impl StoreScope<'_> {
+    pub fn store_key(&self) -> StoreKey {
+        StoreKey {
+            kind: self.kind,
+            namespace: self.store_namespace.map(str::to_string),
+            name: self.name.to_string(),
+        }
+    }
+
     /// The namespace the operator's session tags name: the ExternalSecret's, or a SecretStore's own.
     fn tenant_namespace(&self) -> Option<&str> {
         self.requester_namespace.or(self.store_namespace)
@@ -68,6 +77,8 @@ pub struct Stores {
     secrets: Referenced<Secret>,
     service_accounts: Referenced<ServiceAccount>,
     namespace_labels: NamespaceLabels,
+    /// Which region serves each store with failover regions.
+    pub failovers: Failovers,
 }
 
 impl Stores {
@@ -81,6 +92,7 @@ impl Stores {
             metrics,
             identities: Identities::default(),
             shared_reads: Arc::default(),
+            failovers: Failovers::default(),
         }
     }
 
@@ -126,7 +138,7 @@ impl Stores {
             (Some(aws), None) => {
                 let plan = self.plan(aws, scope).await?;
                 Ok(Provider::Aws(Box::new(
-                    self.aws_provider(aws, &plan).await?,
+                    self.aws_provider(aws, &plan, scope).await?,
                 )))
             }
             (None, Some(fake)) => Ok(Provider::Fake(FakeProvider::new(fake))),
@@ -136,8 +148,14 @@ impl Stores {
         }
     }
 
-    /// A Secrets Manager client with the identity `plan` resolves to (a cached session when fresh).
-    pub async fn aws_provider(&self, aws: &AwsProvider, plan: &Plan) -> Result<AwsSecretsManager> {
+    /// A Secrets Manager client with the identity `plan` resolves to (a cached session when fresh), failing
+    /// over as the store's serving region says.
+    pub async fn aws_provider(
+        &self,
+        aws: &AwsProvider,
+        plan: &Plan,
+        scope: &StoreScope<'_>,
+    ) -> Result<AwsSecretsManager> {
         let config = self
             .identities
             .config(
@@ -149,12 +167,19 @@ impl Stores {
                 &self.metrics,
             )
             .await?;
+        let failover = (!aws.failover_regions.is_empty()).then(|| {
+            let regions = std::iter::once(plan.region.to_string())
+                .chain(aws.failover_regions.iter().cloned())
+                .collect();
+            self.failovers.get(scope.store_key(), regions)
+        });
         Ok(AwsSecretsManager::new(
             &config,
             aws.prefix.as_deref(),
             plan.key(),
             self.metrics.clone(),
             self.shared_reads.clone(),
+            failover,
         ))
     }
 

@@ -10,7 +10,12 @@ use serde_json::Value;
 use crate::api::GROUP;
 
 const ESO_GROUP: &str = "external-secrets.io/";
-const KINDS: [&str; 3] = ["ExternalSecret", "SecretStore", "ClusterSecretStore"];
+const KINDS: [&str; 4] = [
+    "ExternalSecret",
+    "ClusterExternalSecret",
+    "SecretStore",
+    "ClusterSecretStore",
+];
 /// Go/Sprig function names → ours; only these are converted.
 const FUNCTIONS: [(&str, &str); 13] = [
     ("b64enc", "b64enc"),
@@ -69,8 +74,8 @@ pub fn convert_manifests(input: &str) -> Result<Converted, String> {
 /// The ConfigMap and Secret keys that ESO ExternalSecrets read templates from: (kind, name, key).
 fn referenced_templates(documents: &[Value]) -> BTreeSet<(&'static str, String, String)> {
     let mut referenced = BTreeSet::new();
-    for document in documents.iter().filter(|d| is_eso(d, "ExternalSecret")) {
-        let sources = document["spec"]["target"]["template"]["templateFrom"].as_array();
+    for spec in documents.iter().filter_map(external_secret_spec) {
+        let sources = spec["target"]["template"]["templateFrom"].as_array();
         for source in sources.into_iter().flatten() {
             for (field, kind) in [("configMap", "ConfigMap"), ("secret", "Secret")] {
                 let Some(object) = source[field]["name"].as_str() else {
@@ -85,6 +90,18 @@ fn referenced_templates(documents: &[Value]) -> BTreeSet<(&'static str, String, 
         }
     }
     referenced
+}
+
+/// The ExternalSecret spec an ESO document holds: an ExternalSecret's own, or the one a
+/// ClusterExternalSecret stamps out.
+fn external_secret_spec(document: &Value) -> Option<&Value> {
+    if is_eso(document, "ExternalSecret") {
+        document.get("spec")
+    } else if is_eso(document, "ClusterExternalSecret") {
+        document.pointer("/spec/externalSecretSpec")
+    } else {
+        None
+    }
 }
 
 fn is_eso(document: &Value, kind: &str) -> bool {
@@ -106,9 +123,17 @@ fn convert_document(
         return;
     }
     document["apiVersion"] = Value::String(format!("{GROUP}/v1alpha1"));
-    if kind == "ExternalSecret" {
-        if let Some(spec) = document.get_mut("spec") {
-            convert_external_secret(spec, name, problems);
+    let spec = match kind.as_str() {
+        "ExternalSecret" => Some(("spec", document.get_mut("spec"))),
+        "ClusterExternalSecret" => Some((
+            "spec.externalSecretSpec",
+            document.pointer_mut("/spec/externalSecretSpec"),
+        )),
+        _ => None,
+    };
+    if let Some((path, spec)) = spec {
+        if let Some(spec) = spec {
+            convert_external_secret(spec, path, name, problems);
         }
     } else if let Some(provider) = document["spec"]["provider"].as_object() {
         let unsupported: Vec<_> = provider
@@ -159,12 +184,15 @@ fn convert_template_holder(
     }
 }
 
-fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<String>) {
+/// Converts the templates of an ExternalSecret spec found at `path` in the document.
+fn convert_external_secret(spec: &mut Value, path: &str, name: &str, problems: &mut Vec<String>) {
     let mut convert_at = |value: &mut Value, field: String| {
         if let Value::String(text) = value {
             match convert_template(text) {
                 Ok(converted) => *text = converted,
-                Err(problem) => problems.push(format!("{name}: {field}: {problem}; left as is")),
+                Err(problem) => {
+                    problems.push(format!("{name}: {path}.{field}: {problem}; left as is"))
+                }
             }
         }
     };
@@ -173,14 +201,14 @@ fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<Stri
         .and_then(Value::as_object_mut)
     {
         for (key, value) in data.iter_mut() {
-            convert_at(value, format!("spec.target.template.data.{key}"));
+            convert_at(value, format!("target.template.data.{key}"));
         }
     }
     for part in ["labels", "annotations"] {
         let path = format!("/target/template/metadata/{part}");
         if let Some(map) = spec.pointer_mut(&path).and_then(Value::as_object_mut) {
             for (key, value) in map.iter_mut() {
-                convert_at(value, format!("spec.target.template.metadata.{part}.{key}"));
+                convert_at(value, format!("target.template.metadata.{part}.{key}"));
             }
         }
     }
@@ -192,7 +220,7 @@ fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<Stri
             if let Some(literal) = source.get_mut("literal") {
                 convert_at(
                     literal,
-                    format!("spec.target.template.templateFrom[{i}].literal"),
+                    format!("target.template.templateFrom[{i}].literal"),
                 );
             }
         }
@@ -206,7 +234,7 @@ fn convert_external_secret(spec: &mut Value, name: &str, problems: &mut Vec<Stri
                 if let Some(template) = rewrite.pointer_mut("/transform/template") {
                     convert_at(
                         template,
-                        format!("spec.dataFrom[{i}].rewrite[{j}].transform.template"),
+                        format!("dataFrom[{i}].rewrite[{j}].transform.template"),
                     );
                 }
             }

@@ -598,6 +598,7 @@ pub fn documented_policy(file: &str, namespace: &str) -> String {
         .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
         .replace("OPERATOR_ACCOUNT_ID", MOTO_ACCOUNT)
         .replace("ACCOUNT_ID", MOTO_ACCOUNT)
+        .replace("REPLICA_REGION", "us-west-2")
         .replace("REGION", "us-east-1")
         .replace("EXTERNAL_ID", EXTERNAL_ID)
         .replace("QUEUE_NAME", namespace)
@@ -766,7 +767,92 @@ impl Drop for TestContext {
     }
 }
 
-/// The operator binary, watching one namespace, logging to a file; stopped by PID on drop.
+/// The fault proxy, stopped by PID on drop.
+pub struct FaultProxy {
+    child: Child,
+    url: String,
+}
+
+impl FaultProxy {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("python3")
+            .arg(format!("{MANIFEST_DIR}/hack/fault-proxy.py"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                &env_vars()["MOTO_URL"],
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 is required for the fault proxy");
+        let proxy = FaultProxy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        wait_for("the fault proxy", TIMEOUT, || proxy.stats()).await;
+        proxy
+    }
+
+    pub async fn stats(&self) -> Result<serde_json::Value, String> {
+        let output = tokio::process::Command::new("curl")
+            .args(["-sf", &format!("{}/fault-proxy/stats", self.url)])
+            .output()
+            .await
+            .map_err(|err| format!("curl is required: {err}"))?;
+        serde_json::from_slice(&output.stdout).map_err(|err| err.to_string())
+    }
+
+    pub async fn set_mode(&self, mode: &str) {
+        self.set(json!({ "mode": mode })).await
+    }
+
+    /// Faults only the requests signed for `region`; the others pass.
+    pub async fn set_mode_in(&self, mode: &str, region: &str) {
+        self.set(json!({ "mode": mode, "region": region })).await
+    }
+
+    async fn set(&self, mode: serde_json::Value) {
+        let status = tokio::process::Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                "-d",
+                &mode.to_string(),
+                &format!("{}/fault-proxy/mode", self.url),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("curl");
+        assert!(status.success(), "set the fault proxy to {mode}");
+    }
+
+    pub async fn faulted(&self) -> u64 {
+        self.stats().await.unwrap()["faulted"].as_u64().unwrap()
+    }
+
+    /// The operator, with every AWS call through this proxy.
+    pub fn operator(&self, namespace: &str, extra_env: &[(&str, &str)]) -> Operator {
+        let mut env = vec![("AWS_ENDPOINT_URL", self.url.as_str())];
+        env.extend_from_slice(extra_env);
+        Operator::start(namespace, &env)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator binary, watching one namespace (or all), logging to a file; stopped by PID on drop.
 pub struct Operator {
     child: Child,
     pub log_path: PathBuf,
@@ -782,6 +868,22 @@ impl Operator {
     /// Like `start`, leaving out the test stack's variables named in `unset` (e.g. the admin keys, so that
     /// the operator has to find its own identity).
     pub fn start_with(namespace: &str, extra_env: &[(&str, &str)], unset: &[&str]) -> Self {
+        Self::spawn(Some(namespace), namespace, extra_env, unset)
+    }
+
+    /// An operator serving every namespace, as ClusterExternalSecrets need; its data-hash key and its log
+    /// are `operator_namespace`'s. Only one test binary at a time runs (cargo runs them in turn), so it
+    /// meets no other test's operator.
+    pub fn start_cluster_wide(operator_namespace: &str) -> Self {
+        Self::spawn(None, operator_namespace, &[], &[])
+    }
+
+    fn spawn(
+        watched: Option<&str>,
+        namespace: &str,
+        extra_env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Self {
         let vars = env_vars();
         let log_dir = Path::new(MANIFEST_DIR).join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log directory");
@@ -799,13 +901,8 @@ impl Operator {
         let metrics_address = format!("127.0.0.1:{port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_secretsync"));
         command
-            .args([
-                "run",
-                "--namespace",
-                namespace,
-                "--operator-namespace",
-                namespace,
-            ])
+            .args(["run", "--operator-namespace", namespace])
+            .args(watched.iter().flat_map(|watched| ["--namespace", watched]))
             .args([
                 "--metrics-address",
                 &metrics_address,

@@ -28,7 +28,8 @@ use crate::api::{
 use crate::error::{Error, Result};
 use crate::es_name::EsName;
 use crate::fetch::{self, Outcome};
-use crate::provider::{Provider, Version};
+use crate::provider::aws::AwsSecretsManager;
+use crate::provider::{Provider, RemoteSecret, Version};
 use crate::rotation::{Detection, KeptFirst, Read, StoreHandle, Watches};
 use crate::target::{self, Applied, MANAGED_LABEL, Written};
 use crate::template::{self, Rendered};
@@ -221,6 +222,41 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stopping: watch::
         () = controller => {}
         () = refreshes => {}
     }
+}
+
+/// A failover region's answer replaces what the Secret holds only if that region knows the version the
+/// Secret holds: replication is asynchronous, and a replica that does not know it lags behind, so its
+/// version is older. Until it catches up (or the primary answers) the Secret stays as it is.
+async fn replica_not_behind(
+    es: &ExternalSecret,
+    aws: &AwsSecretsManager,
+    reads: &[(String, Version, RemoteSecret)],
+) -> Result<()> {
+    let synced = es.status.as_ref().map(|status| &status.synced_versions);
+    for (key, version, secret) in reads {
+        let (Some(region), Version::Stage(stage), Some(id)) =
+            (&secret.replica, version, &secret.version_id)
+        else {
+            continue;
+        };
+        let synced_key = match stage.as_str() {
+            Version::CURRENT => key.clone(),
+            _ => format!("{key}@{stage}"),
+        };
+        let Some(held) = synced.and_then(|synced| synced.get(&synced_key)) else {
+            continue;
+        };
+        if held != id && !aws.replica_holds(region, key, held).await? {
+            return Err(Error::Unavailable {
+                call: "GetSecretValue",
+                key: Some(key.clone()),
+                detail: format!(
+                    "failover region {region} does not have the version the Secret holds yet (replication lags): the Secret is kept as it is"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A deletion must reach the finalizer even where it changes nothing else.
@@ -607,6 +643,9 @@ async fn sync(es: &ExternalSecret, ctx: &Context, namespace: &str) -> Result<Syn
             detail: "AWS answered with a version that was already replaced (eventual consistency)"
                 .into(),
         });
+    }
+    if let Provider::Aws(aws) = &provider {
+        replica_not_behind(es, aws, &fetched.reads).await?;
     }
     let reads = fetched
         .reads

@@ -345,6 +345,7 @@ mod tests {
             stages: vec!["AWSCURRENT".into()],
             value: RemoteValue::Text(value.into()),
             read_at: None,
+            replica: None,
         }
     }
 

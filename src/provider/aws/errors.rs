@@ -20,7 +20,13 @@ where
         (Some(code), None, _) => code.clone(),
         (None, _, Some(status)) => format!("HTTP {status}"),
         // No response at all: a timeout, a connection or credentials-chain failure.
-        (None, _, None) => aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+        (None, _, None) => {
+            return Error::Unavailable {
+                call,
+                key: key.map(str::to_string),
+                detail: aws_smithy_types::error::display::DisplayErrorContext(&err).to_string(),
+            };
+        }
     };
     classify_code(
         call,
@@ -94,6 +100,15 @@ pub fn classify_code(
         | "ExpiredTokenException" => Error::InvalidCredentials(detail),
         _ if status == Some(403) => Error::AccessDenied { key, detail },
         _ if status == Some(401) => Error::InvalidCredentials(detail),
+        // The SDK retried these already: what is left looks like the region failing.
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "InternalServiceError"
+        | "InternalFailure"
+        | "ServiceUnavailable" => Error::Unavailable { call, key, detail },
+        _ if status.is_some_and(|status| status >= 500) => Error::Unavailable { call, key, detail },
         _ => Error::Provider { call, key, detail },
     }
 }
@@ -114,6 +129,36 @@ fn xml_error(body: &[u8]) -> Option<(String, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outages_are_told_from_answers() {
+        let class = |code: &str, status: Option<u16>| {
+            classify_code("GetSecretValue", Some("k"), code, code.into(), status).reason()
+        };
+        let unavailable = |code: &str, status: Option<u16>| {
+            matches!(
+                classify_code("GetSecretValue", Some("k"), code, code.into(), status),
+                Error::Unavailable { .. }
+            )
+        };
+        assert!(unavailable("ThrottlingException", Some(400)));
+        assert!(unavailable("InternalServiceError", Some(500)));
+        assert!(unavailable("", Some(503)));
+        // Answers: decided by the service, never failed over.
+        assert!(!unavailable("InvalidParameterException", Some(400)));
+        assert_eq!(
+            class("InvalidParameterException", Some(400)),
+            "ProviderError"
+        );
+        assert_eq!(class("AccessDeniedException", Some(400)), "AccessDenied");
+        assert_eq!(class("DecryptionFailure", Some(400)), "AccessDenied");
+        assert_eq!(
+            class("ResourceNotFoundException", Some(400)),
+            "RemoteKeyNotFound"
+        );
+        // A per-secret error of a batched read comes without a status of its own.
+        assert!(!unavailable("ResourceNotFoundException", None));
+    }
 
     #[test]
     fn reads_xml_error_bodies() {

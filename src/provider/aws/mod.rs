@@ -4,6 +4,7 @@
 mod coalesce;
 mod errors;
 pub mod events;
+pub mod failover;
 mod stages;
 pub mod sts;
 
@@ -30,6 +31,7 @@ use errors::{classify, classify_code, error_code};
 pub use stages::Stages;
 
 pub use coalesce::{ReadAhead, SharedReads};
+use failover::Failover;
 
 const PROVIDER: &str = "AWS/SecretsManager";
 /// A black-holed connection must not hold a sync forever: each try, and each call with its retries, has a
@@ -81,12 +83,16 @@ pub struct Versions {
     pub name: String,
     pub arn: Option<String>,
     pub stages: Stages,
+    /// Listed by a failover region, which may lag behind its primary.
+    pub replica: bool,
 }
 
 #[derive(Clone)]
 pub struct AwsSecretsManager {
-    secrets: aws_sdk_secretsmanager::Client,
-    sts: aws_sdk_sts::Client,
+    /// The store's region first, then its failover regions.
+    regions: Arc<[Regional]>,
+    /// Which of `regions` serves; none without failover regions.
+    failover: Option<Arc<Failover>>,
     sqs: aws_sdk_sqs::Client,
     prefix: String,
     metrics: Arc<Metrics>,
@@ -95,25 +101,109 @@ pub struct AwsSecretsManager {
     shared_reads: Arc<SharedReads>,
 }
 
+/// The clients of one region.
+struct Regional {
+    secrets: aws_sdk_secretsmanager::Client,
+    sts: aws_sdk_sts::Client,
+    /// The failover region these clients reach; none for the primary.
+    replica: Option<String>,
+}
+
 impl AwsSecretsManager {
     /// Clients for one store: `config` carries the store's region and identity; `prefix` is prepended to
-    /// every remote key; reads of current values go through `shared_reads`.
+    /// every remote key; reads of current values go through `shared_reads`; `failover` names the regions
+    /// to fail over to after the primary, and which serves.
     pub fn new(
         config: &SdkConfig,
         prefix: Option<&str>,
         identity: IdentityKey,
         metrics: Arc<Metrics>,
         shared_reads: Arc<SharedReads>,
+        failover: Option<Arc<Failover>>,
     ) -> Self {
-        AwsSecretsManager {
+        let primary = Regional {
             secrets: aws_sdk_secretsmanager::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            replica: None,
+        };
+        let replicas = failover.iter().flat_map(|failover| {
+            failover.regions()[1..].iter().map(|region| {
+                let secrets = aws_sdk_secretsmanager::config::Builder::from(config)
+                    .region(aws_config::Region::new(region.clone()))
+                    .build();
+                let sts = aws_sdk_sts::config::Builder::from(config)
+                    .region(aws_config::Region::new(region.clone()))
+                    .build();
+                Regional {
+                    secrets: aws_sdk_secretsmanager::Client::from_conf(secrets),
+                    sts: aws_sdk_sts::Client::from_conf(sts),
+                    replica: Some(region.clone()),
+                }
+            })
+        });
+        AwsSecretsManager {
+            regions: std::iter::once(primary).chain(replicas).collect(),
+            failover,
             sqs: aws_sdk_sqs::Client::new(config),
             prefix: prefix.unwrap_or_default().to_string(),
             metrics,
             identity,
             shared_reads,
         }
+    }
+
+    /// Makes a call in the region that serves, and in the next ones while regions fail as an outage does.
+    /// A replica that does not hold a secret is not a secret gone: that is reported as the outage it is,
+    /// so that no Secret is deleted for it.
+    async fn regional<'a, T, Fut>(&'a self, call: impl Fn(&'a Regional) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let Some(failover) = &self.failover else {
+            return call(&self.regions[0]).await;
+        };
+        let mut outage = None;
+        for index in failover.order() {
+            let region = &self.regions[index];
+            match call(region).await {
+                Err(err @ Error::Unavailable { .. }) => {
+                    failover.failed(index, &err.to_string());
+                    outage = Some(err);
+                }
+                Err(Error::RemoteKeyNotFound { key, detail }) if region.replica.is_some() => {
+                    failover.answered(index);
+                    let region = region.replica.as_deref().unwrap_or_default();
+                    return Err(Error::Unavailable {
+                        call: "GetSecretValue",
+                        key: Some(key),
+                        detail: format!(
+                            "the primary region fails and failover region {region} does not hold it: {detail}"
+                        ),
+                    });
+                }
+                answer => {
+                    failover.answered(index);
+                    return answer;
+                }
+            }
+        }
+        Err(outage.expect("the primary region is always tried"))
+    }
+
+    /// Whether failover region `region` holds version `version_id` of `key` (with a stage): a replica
+    /// that does not lags behind, and what it serves is older.
+    pub async fn replica_holds(&self, region: &str, key: &str, version_id: &str) -> Result<bool> {
+        let Some(regional) = self
+            .regions
+            .iter()
+            .find(|r| r.replica.as_deref() == Some(region))
+        else {
+            return Ok(false);
+        };
+        let output = self.describe_in(regional, key).await?;
+        Ok(output
+            .version_ids_to_stages()
+            .is_some_and(|versions| versions.contains_key(version_id)))
     }
 
     pub fn prefix(&self) -> &str {
@@ -146,26 +236,46 @@ impl AwsSecretsManager {
         }
         // Each page is cut down to names and stages as it comes, rather than every whole entry (dates, tags,
         // description) of a pass held at once: a pass at 100,000 ExternalSecrets lists 25,000.
-        self.list(filters, |entry| {
+        // A replica's listing names its ARNs in its own region; the secrets are watched as the primary's.
+        let primary = self
+            .failover
+            .as_ref()
+            .map(|failover| &failover.regions()[0]);
+        self.list(filters, |entry, region| {
             Some(Versions {
                 name: entry.name?,
-                arn: entry.arn,
+                arn: match primary {
+                    Some(primary) => entry.arn.map(|arn| with_region(&arn, primary)),
+                    None => entry.arn,
+                },
                 stages: by_stage(entry.secret_versions_to_stages.as_ref()),
+                replica: region.replica.is_some(),
             })
         })
         .await
     }
 
-    /// Every page of a ListSecrets (100 per call), each entry kept as `keep` makes it.
+    /// Every page of a ListSecrets (100 per call), each entry kept as `keep` makes it; all pages from one
+    /// region, which `keep` is told.
     async fn list<T>(
         &self,
         filters: Vec<Filter>,
-        mut keep: impl FnMut(SecretListEntry) -> Option<T>,
+        keep: impl Fn(SecretListEntry, &Regional) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        self.regional(|region| self.list_in(region, filters.clone(), &keep))
+            .await
+    }
+
+    async fn list_in<T>(
+        &self,
+        region: &Regional,
+        filters: Vec<Filter>,
+        keep: &impl Fn(SecretListEntry, &Regional) -> Option<T>,
     ) -> Result<Vec<T>> {
         let mut listed = Vec::new();
         let mut next_token = None;
         loop {
-            let result = self
+            let result = region
                 .secrets
                 .list_secrets()
                 .set_filters(Some(filters.clone()))
@@ -175,7 +285,12 @@ impl AwsSecretsManager {
                 .await;
             self.record("ListSecrets", &result);
             let page = result.map_err(|err| classify("ListSecrets", None, err))?;
-            listed.extend(page.secret_list.into_iter().flatten().filter_map(&mut keep));
+            listed.extend(
+                page.secret_list
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|entry| keep(entry, region)),
+            );
             next_token = page.next_token;
             if next_token.is_none() {
                 return Ok(listed);
@@ -184,10 +299,14 @@ impl AwsSecretsManager {
     }
 
     async fn describe(&self, key: &str) -> Result<DescribeSecretOutput> {
-        let result = self
+        self.regional(|region| self.describe_in(region, key)).await
+    }
+
+    async fn describe_in(&self, region: &Regional, key: &str) -> Result<DescribeSecretOutput> {
+        let result = region
             .secrets
             .describe_secret()
-            .secret_id(format!("{}{key}", self.prefix))
+            .secret_id(in_region(&format!("{}{key}", self.prefix), region))
             .send()
             .await;
         self.record("DescribeSecret", &result);
@@ -196,12 +315,16 @@ impl AwsSecretsManager {
 
     /// The stages of one secret, always current (DescribeSecret reads no value).
     pub async fn describe_versions(&self, key: &str) -> Result<Versions> {
-        let output = self.describe(key).await?;
-        Ok(Versions {
-            name: output.name().unwrap_or(key).to_string(),
-            arn: output.arn().map(str::to_string),
-            stages: by_stage(output.version_ids_to_stages()),
+        self.regional(|region| async move {
+            let output = self.describe_in(region, key).await?;
+            Ok(Versions {
+                name: output.name().unwrap_or(key).to_string(),
+                arn: output.arn().map(str::to_string),
+                stages: by_stage(output.version_ids_to_stages()),
+                replica: region.replica.is_some(),
+            })
         })
+        .await
     }
 
     /// The current values of `asked` and of `ahead` (read ahead for first syncs), read now: 20 a call.
@@ -246,8 +369,20 @@ impl AwsSecretsManager {
 
     /// One chunk of a batched read. A secret the answer does not name is read on its own.
     async fn batch_chunk(&self, keys: &[String]) -> Result<Vec<(String, Result<RemoteSecret>)>> {
-        let ids: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
-        let result = self
+        self.regional(|region| self.batch_chunk_in(region, keys))
+            .await
+    }
+
+    async fn batch_chunk_in(
+        &self,
+        region: &Regional,
+        keys: &[String],
+    ) -> Result<Vec<(String, Result<RemoteSecret>)>> {
+        let ids: Vec<String> = keys
+            .iter()
+            .map(|k| in_region(&format!("{}{k}", self.prefix), region))
+            .collect();
+        let result = region
             .secrets
             .batch_get_secret_value()
             .set_secret_id_list(Some(ids.clone()))
@@ -265,7 +400,7 @@ impl AwsSecretsManager {
                 .iter()
                 .find(|e| named(e.name(), e.arn()))
             {
-                read.push((key.clone(), from_entry(key, entry)));
+                read.push((key.clone(), from_entry(key, entry, region)));
             } else if let Some(error) = output
                 .errors()
                 .iter()
@@ -279,7 +414,7 @@ impl AwsSecretsManager {
                 read.push((key.clone(), Err(err)));
             } else {
                 let current = Version::parse(None);
-                read.push((key.clone(), self.get_secret(key, &current).await));
+                read.push((key.clone(), self.get_in(region, key, &current).await));
             }
         }
         Ok(read)
@@ -294,7 +429,29 @@ fn by_stage(versions_to_stages: Option<&std::collections::HashMap<String, Vec<St
         .collect()
 }
 
-fn from_entry(key: &str, entry: &SecretValueEntry) -> Result<RemoteSecret> {
+/// A secret's id as `region` knows it: a replica's ARN names its own region.
+fn in_region(id: &str, region: &Regional) -> String {
+    match &region.replica {
+        Some(replica) => with_region(id, replica),
+        None => id.to_string(),
+    }
+}
+
+/// An ARN with its region replaced; a name as it is.
+fn with_region(id: &str, region: &str) -> String {
+    match id.strip_prefix("arn:") {
+        Some(arn) => {
+            let mut fields: Vec<&str> = arn.splitn(5, ':').collect();
+            if fields.len() == 5 {
+                fields[2] = region;
+            }
+            format!("arn:{}", fields.join(":"))
+        }
+        None => id.to_string(),
+    }
+}
+
+fn from_entry(key: &str, entry: &SecretValueEntry, region: &Regional) -> Result<RemoteSecret> {
     let value = remote_value(
         key,
         entry.secret_string.clone(),
@@ -305,6 +462,7 @@ fn from_entry(key: &str, entry: &SecretValueEntry) -> Result<RemoteSecret> {
         stages: entry.version_stages.clone().unwrap_or_default(),
         value,
         read_at: None,
+        replica: region.replica.clone(),
     })
 }
 
@@ -319,12 +477,17 @@ fn remote_value(key: &str, text: Option<String>, binary: Option<Vec<u8>>) -> Res
     }
 }
 
-impl SecretProvider for AwsSecretsManager {
-    async fn get_secret(&self, key: &str, version: &Version) -> Result<RemoteSecret> {
-        let request = self
+impl AwsSecretsManager {
+    async fn get_in(
+        &self,
+        region: &Regional,
+        key: &str,
+        version: &Version,
+    ) -> Result<RemoteSecret> {
+        let request = region
             .secrets
             .get_secret_value()
-            .secret_id(format!("{}{key}", self.prefix));
+            .secret_id(in_region(&format!("{}{key}", self.prefix), region));
         let request = match version {
             Version::Stage(stage) => request.version_stage(stage),
             Version::Id(id) => request.version_id(id),
@@ -346,7 +509,15 @@ impl SecretProvider for AwsSecretsManager {
             stages: output.version_stages.unwrap_or_default(),
             value,
             read_at: None,
+            replica: region.replica.clone(),
         })
+    }
+}
+
+impl SecretProvider for AwsSecretsManager {
+    async fn get_secret(&self, key: &str, version: &Version) -> Result<RemoteSecret> {
+        self.regional(|region| self.get_in(region, key, version))
+            .await
     }
 
     async fn get_current_batch(
@@ -375,7 +546,7 @@ impl SecretProvider for AwsSecretsManager {
             filters.push(filter(FilterNameStringType::TagKey, key.clone()));
             filters.push(filter(FilterNameStringType::TagValue, value.clone()));
         }
-        self.list(filters, |entry| {
+        self.list(filters, |entry, _| {
             let secret_tags = tag_map(entry.tags());
             let tagged = tags.iter().all(|(k, v)| secret_tags.get(k) == Some(v));
             // The name filter matches words anywhere in the name; only a true prefix counts.
@@ -387,7 +558,8 @@ impl SecretProvider for AwsSecretsManager {
     }
 
     async fn validate(&self) -> Result<String> {
-        sts::caller_identity(&self.sts, &self.metrics).await
+        self.regional(|region| sts::caller_identity(&region.sts, &self.metrics))
+            .await
     }
 }
 
@@ -399,4 +571,21 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_move_to_another_region_and_names_stay() {
+        assert_eq!(
+            with_region(
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:team-a/db-AbCdEf",
+                "us-west-2"
+            ),
+            "arn:aws:secretsmanager:us-west-2:123456789012:secret:team-a/db-AbCdEf"
+        );
+        assert_eq!(with_region("team-a/db", "us-west-2"), "team-a/db");
+    }
 }

@@ -104,6 +104,11 @@ fn in_role(err: Error, role_arn: &str) -> Error {
             key,
             detail: format!("assuming {role_arn}: {detail}"),
         },
+        Error::Unavailable { call, key, detail } => Error::Unavailable {
+            call,
+            key,
+            detail: format!("assuming {role_arn}: {detail}"),
+        },
         other => other,
     }
 }
