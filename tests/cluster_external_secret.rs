@@ -117,7 +117,7 @@ async fn one_external_secret_per_selected_namespace() {
         .await
         .unwrap();
 
-    let _operator = Operator::start_cluster_wide(&t.namespace);
+    let operator = Operator::start_cluster_wide(&t.namespace);
     let mark = recording_mark();
     let applied = Instant::now();
     t.apply_yaml(
@@ -176,7 +176,17 @@ async fn one_external_secret_per_selected_namespace() {
     })
     .await;
 
-    // A fourth namespace labelled: provisioned at once, from the value already read.
+    // A fourth namespace labelled: provisioned at once, from the value already read, with one write: the
+    // three provisioned already are not written again.
+    let applies = || async {
+        operator
+            .api_requests()
+            .await
+            .get("patch externalsecrets")
+            .copied()
+            .unwrap_or_default()
+    };
+    let applies_before = applies().await;
     let labelled = Instant::now();
     label(&client, &e, selector, Some(&name)).await;
     wait_for(
@@ -199,6 +209,16 @@ async fn one_external_secret_per_selected_namespace() {
         1,
         "the fourth namespace took the value already read"
     );
+    wait_for("status to list the four", TIMEOUT, || async {
+        let status = provisioned(&client, &name).await;
+        (status.0.len() == 4)
+            .then_some(())
+            .ok_or(format!("{status:?}"))
+    })
+    .await;
+    // Its own watch event reconciles once more, which writes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(applies().await - applies_before, 1.0);
 
     // The namespace with someone else's ExternalSecret: reported, not touched.
     label(&client, &d, selector, Some(&name)).await;
@@ -252,6 +272,30 @@ async fn one_external_secret_per_selected_namespace() {
             Some(es) if es.metadata.deletion_timestamp.is_none() => Ok(()),
             _ => Err("not yet"),
         }
+    })
+    .await;
+
+    // One of ours edited by hand (its spec and a label of ours) is put back as specified.
+    Api::<ExternalSecret>::namespaced(client.clone(), &c)
+        .patch(
+            "shared",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"labels": {"team": "edited"}},
+                "spec": {"refreshInterval": "5m"},
+            })),
+        )
+        .await
+        .unwrap();
+    wait_for("the edited ExternalSecret put back", TIMEOUT, || async {
+        let es = Api::<ExternalSecret>::namespaced(client.clone(), &c)
+            .get("shared")
+            .await
+            .unwrap();
+        let interval = serde_json::to_value(&es.spec).unwrap()["refreshInterval"].clone();
+        (es.labels()["team"] == "platform" && interval == "1h")
+            .then_some(())
+            .ok_or(format!("{:?} {interval}", es.labels()))
     })
     .await;
 

@@ -1,7 +1,7 @@
 //! Failover regions: one moto serves every region, and the fault proxy fails the requests signed for the
 //! primary. Syncs and rotations go on from the replica region without a Secret rewritten to the same value
 //! or rolled back, go back to the primary once it answers, and a refusal in the primary is reported, never
-//! failed over.
+//! failed over. A primary that never answers is failed over too, and its retries hold calls only briefly.
 
 mod common;
 
@@ -72,6 +72,34 @@ async fn serving_region(t: &TestContext) -> Option<String> {
         .serving_region
 }
 
+/// Waits up to `within` for the store's status to name `region` as serving.
+async fn wait_for_serving(t: &TestContext, what: &str, region: &str, within: Duration) {
+    wait_for(what, within, || async {
+        let serving = serving_region(t).await;
+        (serving.as_deref() == Some(region))
+            .then_some(())
+            .ok_or(format!("{serving:?}"))
+    })
+    .await;
+}
+
+/// Ends the outage; the store serves from the primary again within a retry period and a check.
+async fn primary_answers_again(t: &TestContext, proxy: &FaultProxy, figure: &str) {
+    let recovered = Instant::now();
+    proxy.set_mode("pass").await;
+    wait_for_serving(
+        t,
+        "the store back in its primary",
+        PRIMARY,
+        Duration::from_secs(60),
+    )
+    .await;
+    println!(
+        "figure: {figure} to the store serving from it: {:.2} s",
+        recovered.elapsed().as_secs_f64()
+    );
+}
+
 async fn resource_version(t: &TestContext, name: &str) -> String {
     t.secrets()
         .get(name)
@@ -122,13 +150,7 @@ async fn an_outage_of_the_primary_region_is_served_from_the_replica() {
     let operator = proxy.operator(&t.namespace, &[]);
     t.wait_for_value("replicated", "v1").await;
     t.wait_for_value("lagging", "new").await;
-    wait_for("the store to name its primary", TIMEOUT, || async {
-        let serving = serving_region(&t).await;
-        (serving.as_deref() == Some(PRIMARY))
-            .then_some(())
-            .ok_or(format!("{serving:?}"))
-    })
-    .await;
+    wait_for_serving(&t, "the store to name its primary", PRIMARY, TIMEOUT).await;
     let (replicated_before, lagging_before) = (
         resource_version(&t, "replicated").await,
         resource_version(&t, "lagging").await,
@@ -140,13 +162,7 @@ async fn an_outage_of_the_primary_region_is_served_from_the_replica() {
     // The primary region answers every request with 503.
     let outage = Instant::now();
     proxy.set_mode_in("unavailable", PRIMARY).await;
-    wait_for("the store to fail over", TIMEOUT, || async {
-        let serving = serving_region(&t).await;
-        (serving.as_deref() == Some(REPLICA))
-            .then_some(())
-            .ok_or(format!("{serving:?}"))
-    })
-    .await;
+    wait_for_serving(&t, "the store to fail over", REPLICA, TIMEOUT).await;
     println!(
         "figure: primary failing to the store serving from the replica: {:.2} s",
         outage.elapsed().as_secs_f64()
@@ -205,24 +221,7 @@ async fn an_outage_of_the_primary_region_is_served_from_the_replica() {
         1.0
     );
 
-    // The primary answers again: back to it within the retry period and a check.
-    let recovered = Instant::now();
-    proxy.set_mode("pass").await;
-    wait_for(
-        "the store back in its primary",
-        Duration::from_secs(60),
-        || async {
-            let serving = serving_region(&t).await;
-            (serving.as_deref() == Some(PRIMARY))
-                .then_some(())
-                .ok_or(format!("{serving:?}"))
-        },
-    )
-    .await;
-    println!(
-        "figure: primary answering again to the store serving from it: {:.2} s",
-        recovered.elapsed().as_secs_f64()
-    );
+    primary_answers_again(&t, &proxy, "primary answering again").await;
     assert!(
         t.events_for("aws")
             .await
@@ -280,4 +279,58 @@ async fn access_denied_in_the_primary_is_reported_not_failed_over() {
             .iter()
             .any(|(_, reason, _)| reason == "FailedOver")
     );
+}
+
+#[tokio::test]
+async fn a_primary_that_never_answers_is_failed_over_and_retried_briefly() {
+    let t = TestContext::new("failover-silent").await;
+    let key = replicated(&t, "silent").await;
+    failover_store(&t, None).await;
+    external_secret(&t, "silent", &key).await;
+    let proxy = FaultProxy::start().await;
+    let _operator = proxy.operator(&t.namespace, &[]);
+    t.wait_for_value("silent", "v1").await;
+
+    // Requests signed for the primary are accepted and never answered: each waits out the SDK's timeouts.
+    let outage = Instant::now();
+    proxy.set_mode_in("blackhole", PRIMARY).await;
+    wait_for_serving(
+        &t,
+        "the store to fail over",
+        REPLICA,
+        Duration::from_secs(90),
+    )
+    .await;
+    println!(
+        "figure: silent primary to the store serving from the replica: {:.2} s",
+        outage.elapsed().as_secs_f64()
+    );
+
+    // Rotations through more than a primary retry period: the retries of a primary that does not answer
+    // hold version checks and reads only briefly.
+    let faulted_before = proxy.faulted().await;
+    let mut slowest = Duration::ZERO;
+    for round in 2..=7 {
+        let rotated = Instant::now();
+        let value = format!("v{round}");
+        t.put_remote(&key, &value).await;
+        t.wait_for_value("silent", &value).await;
+        let took = rotated.elapsed();
+        println!(
+            "figure: rotation {round} during the silent outage to the Secret: {:.2} s",
+            took.as_secs_f64()
+        );
+        slowest = slowest.max(took);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(
+        proxy.faulted().await > faulted_before,
+        "the primary was retried meanwhile"
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
+        "a rotation took {slowest:?}: a retry of the silent primary held it"
+    );
+
+    primary_answers_again(&t, &proxy, "silent primary answering again").await;
 }

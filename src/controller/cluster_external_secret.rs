@@ -1,17 +1,18 @@
 //! The ClusterExternalSecret controller: one ExternalSecret, owned by it, in every namespace it selects;
 //! removed from a namespace that stops matching. An ExternalSecret of the same name that it did not make is
 //! left alone and reported. Reads are shared as for any ExternalSecrets: those it makes read one remote
-//! secret with one identity once.
+//! secret with one identity once. A refresh writes only the ExternalSecrets that changed since it last
+//! wrote them, not one per namespace.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use kube::core::{PartialObjectMeta, Selector, SelectorExt};
+use kube::core::{ObjectMeta, PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -66,6 +67,7 @@ pub async fn run(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
         }
     });
 
+    let cluster_external_secrets_seen = reader.clone();
     Controller::for_stream(cluster_external_secrets, reader)
         .owns_stream(owned_changes(&ctx))
         .watches_stream(namespace_changes, move |_: PartialObjectMeta<Namespace>| {
@@ -82,6 +84,8 @@ pub async fn run(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
                 ctx,
                 namespaces,
                 namespaces_listed,
+                cluster_external_secrets: cluster_external_secrets_seen,
+                applied: Mutex::default(),
             }),
         )
         .for_each(|_| async {})
@@ -93,6 +97,12 @@ struct Shared {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Turns true once the namespaces have listed: until then, no namespace matching means nothing.
     namespaces_listed: watch::Receiver<bool>,
+    cluster_external_secrets: Store<ClusterExternalSecret>,
+    /// By ClusterExternalSecret UID and namespace: what its ExternalSecret looked like right after our last
+    /// apply (`applied_state`). One that still looks so would not change if applied again, and is skipped:
+    /// a thousand namespaces are not a thousand writes per refresh. Empty after a restart, which applies
+    /// each once.
+    applied: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 fn namespace_watch(
@@ -126,7 +136,7 @@ fn owned_changes(
         let changed = match event {
             Ok(watcher::Event::Apply(es) | watcher::Event::InitApply(es)) => {
                 let key = (es.namespace().unwrap_or_default(), es.name_any());
-                let hash = metadata_hash(&es);
+                let hash = metadata_hash(&es.metadata);
                 (seen.insert(key, hash) != Some(hash)).then_some(es)
             }
             Ok(watcher::Event::Delete(es)) => {
@@ -140,14 +150,24 @@ fn owned_changes(
 }
 
 /// What we set on an ExternalSecret and can see in its metadata: a change of its spec moves its generation.
-fn metadata_hash(es: &PartialObjectMeta<ExternalSecret>) -> u64 {
+fn metadata_hash(meta: &ObjectMeta) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    es.metadata.generation.hash(&mut hasher);
-    es.metadata.labels.hash(&mut hasher);
-    es.metadata.annotations.hash(&mut hasher);
-    for owner in es.metadata.owner_references.iter().flatten() {
+    meta.generation.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    for owner in meta.owner_references.iter().flatten() {
         owner.uid.hash(&mut hasher);
     }
+    hasher.finish()
+}
+
+/// An ExternalSecret named `name` with metadata `meta`, as this generation of its ClusterExternalSecret
+/// would leave it.
+fn applied_state(ces: &ClusterExternalSecret, name: &str, meta: &ObjectMeta) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ces.metadata.generation.hash(&mut hasher);
+    name.hash(&mut hasher);
+    metadata_hash(meta).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -212,22 +232,35 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
         .map(|es| ((es.namespace().unwrap_or_default(), es.name_any()), es))
         .collect();
 
+    let mut applied_before = shared.take_applied(&uid);
+    let mut applied_now = HashMap::new();
     let mut report = Report::new(&name);
     let mut transient = false;
-    // In order, a few at a time: a thousand namespaces are a thousand applies.
+    // In order, a few at a time: a thousand new namespaces are a thousand applies.
     let es_name = name.as_str();
     let mut written = futures::stream::iter(selected.iter().cloned())
         .map(|namespace| {
-            let ours = made.contains_key(&(namespace.clone(), name.clone()));
+            let existing = made.get(&(namespace.clone(), name.clone()));
+            let unchanged = existing.is_some_and(|es| {
+                applied_before.remove(&namespace) == Some(applied_state(ces, es_name, &es.metadata))
+            });
+            let ours = existing.is_some();
             async move {
-                let result = write(ctx, ces, &namespace, es_name, ours).await;
+                let result = if unchanged {
+                    Ok(existing.map(|es| es.metadata.clone()).unwrap_or_default())
+                } else {
+                    write(ctx, ces, &namespace, es_name, ours).await
+                };
                 (namespace, result)
             }
         })
         .buffered(WRITES_AT_ONCE);
     while let Some((namespace, result)) = written.next().await {
         match result {
-            Ok(()) => report.provisioned.push(namespace),
+            Ok(meta) => {
+                applied_now.insert(namespace.clone(), applied_state(ces, &name, &meta));
+                report.provisioned.push(namespace);
+            }
             Err(err) => {
                 transient |= err.is_transient();
                 report.failed.push(NamespaceFailure {
@@ -238,6 +271,11 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
         }
     }
     drop(written);
+    shared
+        .applied
+        .lock()
+        .expect("never poisoned")
+        .insert(uid.clone(), applied_now);
     // A namespace that no longer matches, or a former name: its ExternalSecret goes (and its Secret, per
     // that ExternalSecret's deletion policy and owner).
     let mut removed = Vec::new();
@@ -262,6 +300,21 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
     report.removed = removed;
     self::report(ctx, ces, &report).await?;
     Ok(Outcome { transient })
+}
+
+impl Shared {
+    /// What the applies of ClusterExternalSecret `uid` left; forgets those of ClusterExternalSecrets gone.
+    fn take_applied(&self, uid: &str) -> HashMap<String, u64> {
+        let live: BTreeSet<String> = self
+            .cluster_external_secrets
+            .state()
+            .iter()
+            .filter_map(|ces| ces.uid())
+            .collect();
+        let mut applied = self.applied.lock().expect("never poisoned");
+        applied.retain(|uid, _| live.contains(uid));
+        applied.remove(uid).unwrap_or_default()
+    }
 }
 
 /// The names of the namespaces it selects and that can hold an ExternalSecret (not being deleted).
@@ -307,16 +360,17 @@ fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
         .any(|owner| owner.uid == uid && owner.controller == Some(true))
 }
 
-/// Writes its ExternalSecret into `namespace`. One there that it did not make is never touched. One it
-/// made is put back as specified (force: someone may have edited it). A new one is applied without force,
-/// so that one made by someone else in the meantime is refused by the API server rather than taken over.
+/// Writes its ExternalSecret into `namespace`, and returns the metadata it has then. One there that it did
+/// not make is never touched. One it made is put back as specified (force: someone may have edited it). A
+/// new one is applied without force, so that one made by someone else in the meantime is refused by the API
+/// server rather than taken over.
 async fn write(
     ctx: &Context,
     ces: &ClusterExternalSecret,
     namespace: &str,
     name: &str,
     known_ours: bool,
-) -> Result<()> {
+) -> Result<ObjectMeta> {
     let api = Api::<ExternalSecret>::namespaced(ctx.client.clone(), namespace);
     let uid = ces.uid().unwrap_or_default();
     let ours = known_ours
@@ -350,7 +404,7 @@ async fn write(
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = ours;
     match api.patch(name, &params, &Patch::Apply(manifest)).await {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written.metadata),
         // Someone else's fields: an ExternalSecret made by someone else since we looked.
         Err(kube::Error::Api(status)) if status.code == 409 && !ours => {
             Err(Error::ExternalSecretConflict(format!("{namespace}/{name}")))

@@ -2,8 +2,10 @@
 //!
 //! A store serves from its primary region until a call there fails as an outage does; the call then goes to
 //! the next region, and the first one that answers serves. While a replica serves, one call every
-//! `PRIMARY_RETRY` tries the primary first, and the primary serves again as soon as it answers. An answer
-//! that is a decision (access denied, not found) is an answer: it is reported, never failed over.
+//! `PRIMARY_RETRY` tries the primary first, and the primary serves again as soon as it answers. That try
+//! gets `PRIMARY_RETRY_TIMEOUT`, not the SDK's timeouts: a primary that still does not answer would
+//! otherwise hold the call for all of them. An answer that is a decision (access denied, not found) is an
+//! answer: it is reported, never failed over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,10 @@ use crate::api::StoreKind;
 
 /// How often, while a replica serves, one call tries the primary region first.
 pub const PRIMARY_RETRY: Duration = Duration::from_secs(15);
+
+/// How long a call tries the primary region while a replica serves, before it goes on to the replica.
+/// A healthy region answers in milliseconds.
+pub const PRIMARY_RETRY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A store, by kind, namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +71,13 @@ impl Failover {
             order.push(0);
         }
         order
+    }
+
+    /// How long a call may wait for region `index`: the SDK's timeouts (`None`), or less for the primary
+    /// while a replica serves.
+    pub fn time_limit(&self, index: usize) -> Option<Duration> {
+        let state = self.state.lock().expect("never poisoned");
+        (index == 0 && state.serving != 0).then_some(PRIMARY_RETRY_TIMEOUT)
     }
 
     /// A region answered: it serves from now on, if it did not already.
@@ -195,6 +208,7 @@ mod tests {
     fn replicas_serve_in_order_and_the_primary_is_retried() {
         let (failover, mut switches) = failover();
         assert_eq!(failover.order(), [0, 1, 2]);
+        assert_eq!(failover.time_limit(0), None);
         failover.failed(0, "HTTP 503");
         failover.answered(1);
         assert_eq!(
@@ -204,6 +218,8 @@ mod tests {
         assert!(switches.try_recv().is_ok());
         // Not yet due: the primary comes last.
         assert_eq!(failover.order(), [1, 2, 0]);
+        assert_eq!(failover.time_limit(0), Some(PRIMARY_RETRY_TIMEOUT));
+        assert_eq!(failover.time_limit(1), None);
         failover.state.lock().unwrap().primary_tried = Instant::now() - PRIMARY_RETRY;
         assert_eq!(failover.order(), [0, 1, 2]);
         // Only one call makes that try.

@@ -165,7 +165,19 @@ impl AwsSecretsManager {
         let mut outage = None;
         for index in failover.order() {
             let region = &self.regions[index];
-            match call(region).await {
+            let answer = match failover.time_limit(index) {
+                Some(limit) => tokio::time::timeout(limit, call(region))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::Unavailable {
+                            call: "retry of the primary region",
+                            key: None,
+                            detail: format!("no answer within {limit:?}"),
+                        })
+                    }),
+                None => call(region).await,
+            };
+            match answer {
                 Err(err @ Error::Unavailable { .. }) => {
                     failover.failed(index, &err.to_string());
                     outage = Some(err);
