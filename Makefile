@@ -20,10 +20,12 @@ test:
 	hack/run-tests.sh
 
 ## Numbers for N ExternalSecrets (BENCH_N, default 1000): first sync, AWS calls per quiet hour per version
-## check strategy, rotation propagation p50/p99, peak RSS, moto's own ceiling. Release build; not a test.
+## check strategy, rotation propagation p50/p99, peak RSS, moto's own ceiling; then one ClusterExternalSecret
+## over BENCH_NAMESPACES (default 500) namespaces. Release build; not a test.
 bench:
 	hack/testenv.sh up
 	cargo bench --locked --bench rotation
+	cargo bench --locked --bench cluster_external_secret
 
 ## The local stack: etcd, kube-apiserver, kube-controller-manager and moto, on loopback.
 test-env:

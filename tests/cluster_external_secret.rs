@@ -5,45 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Operator, TIMEOUT, TestContext, recorded_calls_since, recording_mark, wait_for};
+use common::{
+    ExtraNamespaces, Operator, TIMEOUT, TestContext, recorded_calls_since, recording_mark, wait_for,
+};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use secretsync::api::{ClusterExternalSecret, ExternalSecret};
 use serde_json::json;
-
-/// Namespaces this test makes besides its own, deleted when it ends however it ends.
-struct Namespaces {
-    client: Client,
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    async fn create(client: &Client, names: &[String]) -> Self {
-        for name in names {
-            TestContext::create_namespace(client, name).await;
-        }
-        Namespaces {
-            client: client.clone(),
-            names: names.to_vec(),
-        }
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::process::Command::new("kubectl")
-                .args(["delete", "namespace", name, "--wait=false"])
-                .env("KUBECONFIG", &common::env_vars()["KUBECONFIG"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        let _ = &self.client;
-    }
-}
 
 async fn label(client: &Client, namespace: &str, key: &str, value: Option<&str>) {
     let patch = json!({"metadata": {"labels": {key: value}}});
@@ -82,6 +52,26 @@ async fn provisioned(client: &Client, name: &str) -> (Vec<String>, Vec<(String, 
     (status.provisioned_namespaces, failed, ready)
 }
 
+/// How many times the ClusterExternalSecret's events said its ExternalSecret was provisioned in `namespace`.
+async fn provisioned_events(client: &Client, name: &str, namespace: &str) -> i32 {
+    Api::<Event>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .await
+        .expect("list events")
+        .items
+        .iter()
+        .filter(|event| {
+            event.reason.as_deref() == Some("Provisioned")
+                && event
+                    .note
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains(namespace)
+        })
+        .map(|event| event.series.as_ref().map_or(1, |series| series.count))
+        .sum()
+}
+
 #[tokio::test]
 async fn one_external_secret_per_selected_namespace() {
     let t = TestContext::new("ces").await;
@@ -89,7 +79,7 @@ async fn one_external_secret_per_selected_namespace() {
     let name = t.namespace.clone();
     let selector = "secretsync.io/ces-test";
     let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|s| format!("{}-{s}", t.namespace));
-    let _namespaces = Namespaces::create(
+    let _namespaces = ExtraNamespaces::create(
         &client,
         &[a.clone(), b.clone(), c.clone(), d.clone(), e.clone()],
     )
@@ -175,6 +165,11 @@ async fn one_external_secret_per_selected_namespace() {
             .ok_or(format!("{status:?}"))
     })
     .await;
+    // One reconcile at a time: each namespace's provisioning is announced once, not once per reconcile that
+    // saw it before the status did.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let announced = provisioned_events(&client, &name, &a).await;
+    assert_eq!(announced, 1, "events announcing {a} provisioned");
 
     // A fourth namespace labelled: provisioned at once, from the value already read, with one write: the
     // three provisioned already are not written again.

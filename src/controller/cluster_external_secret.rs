@@ -69,7 +69,7 @@ pub async fn run(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
 
     let cluster_external_secrets_seen = reader.clone();
     Controller::for_stream(cluster_external_secrets, reader)
-        .owns_stream(owned_changes(&ctx))
+        .watches_stream(owned_changes(&ctx), maker)
         .watches_stream(namespace_changes, move |_: PartialObjectMeta<Namespace>| {
             all.state()
                 .iter()
@@ -85,7 +85,7 @@ pub async fn run(ctx: Arc<Context>, stopping: watch::Receiver<bool>) {
                 namespaces,
                 namespaces_listed,
                 cluster_external_secrets: cluster_external_secrets_seen,
-                applied: Mutex::default(),
+                remembered: Mutex::default(),
             }),
         )
         .for_each(|_| async {})
@@ -98,11 +98,20 @@ struct Shared {
     /// Turns true once the namespaces have listed: until then, no namespace matching means nothing.
     namespaces_listed: watch::Receiver<bool>,
     cluster_external_secrets: Store<ClusterExternalSecret>,
-    /// By ClusterExternalSecret UID and namespace: what its ExternalSecret looked like right after our last
-    /// apply (`applied_state`). One that still looks so would not change if applied again, and is skipped:
-    /// a thousand namespaces are not a thousand writes per refresh. Empty after a restart, which applies
-    /// each once.
-    applied: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// By ClusterExternalSecret UID; empty after a restart.
+    remembered: Mutex<HashMap<String, Remembered>>,
+}
+
+/// What the last reconcile of a ClusterExternalSecret left.
+#[derive(Default)]
+struct Remembered {
+    /// By namespace: what its ExternalSecret looked like right after our apply (`applied_state`). One that
+    /// still looks so would not change if applied again, and is skipped: a thousand namespaces are not a
+    /// thousand writes per refresh. A restart applies each once.
+    applied: HashMap<String, u64>,
+    /// The status written: the cached object may not show it yet when the next reconcile starts, and its
+    /// events would be published twice.
+    status: Option<ClusterExternalSecretStatus>,
 }
 
 fn namespace_watch(
@@ -147,6 +156,19 @@ fn owned_changes(
         };
         future::ready(changed.map(Ok))
     })
+}
+
+/// The ClusterExternalSecret that made an ExternalSecret. Not kube's `owns`: it takes an owner to live in its
+/// object's namespace, so each namespace would name the cluster-scoped maker apart, and a refresh would run
+/// once per namespace, each concurrently writing everything.
+fn maker(es: PartialObjectMeta<ExternalSecret>) -> Option<ObjectRef<ClusterExternalSecret>> {
+    es.metadata
+        .owner_references?
+        .into_iter()
+        .find(|owner| {
+            owner.controller == Some(true) && owner.kind == ClusterExternalSecret::kind(&())
+        })
+        .map(|owner| ObjectRef::new(&owner.name))
 }
 
 /// What we set on an ExternalSecret and can see in its metadata: a change of its spec moves its generation.
@@ -214,10 +236,18 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
     let ctx = shared.ctx.as_ref();
     let uid = ces.uid().unwrap_or_default();
     let name = ces.external_secret_name().to_string();
+    let mut remembered = shared.take_remembered(&uid);
+    let reported = remembered
+        .status
+        .take()
+        .or_else(|| ces.status.clone())
+        .unwrap_or_default();
     let selected = match selected_namespaces(ces, shared).await {
         Ok(selected) => selected,
         Err(problem) => {
-            report(ctx, ces, &Report::invalid(&name, problem)).await?;
+            remembered.status =
+                Some(report(ctx, ces, reported, &Report::invalid(&name, problem)).await?);
+            shared.remember(uid, remembered);
             return Ok(Outcome { transient: false });
         }
     };
@@ -232,7 +262,7 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
         .map(|es| ((es.namespace().unwrap_or_default(), es.name_any()), es))
         .collect();
 
-    let mut applied_before = shared.take_applied(&uid);
+    let mut applied_before = std::mem::take(&mut remembered.applied);
     let mut applied_now = HashMap::new();
     let mut report = Report::new(&name);
     let mut transient = false;
@@ -271,11 +301,7 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
         }
     }
     drop(written);
-    shared
-        .applied
-        .lock()
-        .expect("never poisoned")
-        .insert(uid.clone(), applied_now);
+    remembered.applied = applied_now;
     // A namespace that no longer matches, or a former name: its ExternalSecret goes (and its Secret, per
     // that ExternalSecret's deletion policy and owner).
     let mut removed = Vec::new();
@@ -298,22 +324,33 @@ async fn provision(ces: &ClusterExternalSecret, shared: &Shared) -> Result<Outco
         }
     }
     report.removed = removed;
-    self::report(ctx, ces, &report).await?;
+    // Unremembered if it fails: the next reconcile goes by the object's status.
+    let status = self::report(ctx, ces, reported, &report).await;
+    remembered.status = status.as_ref().ok().cloned();
+    shared.remember(uid, remembered);
+    status?;
     Ok(Outcome { transient })
 }
 
 impl Shared {
-    /// What the applies of ClusterExternalSecret `uid` left; forgets those of ClusterExternalSecrets gone.
-    fn take_applied(&self, uid: &str) -> HashMap<String, u64> {
+    /// What the last reconcile of ClusterExternalSecret `uid` left; forgets ClusterExternalSecrets gone.
+    fn take_remembered(&self, uid: &str) -> Remembered {
         let live: BTreeSet<String> = self
             .cluster_external_secrets
             .state()
             .iter()
             .filter_map(|ces| ces.uid())
             .collect();
-        let mut applied = self.applied.lock().expect("never poisoned");
-        applied.retain(|uid, _| live.contains(uid));
-        applied.remove(uid).unwrap_or_default()
+        let mut remembered = self.remembered.lock().expect("never poisoned");
+        remembered.retain(|uid, _| live.contains(uid));
+        remembered.remove(uid).unwrap_or_default()
+    }
+
+    fn remember(&self, uid: String, remembered: Remembered) {
+        self.remembered
+            .lock()
+            .expect("never poisoned")
+            .insert(uid, remembered);
     }
 }
 
@@ -481,10 +518,14 @@ impl Report {
     }
 }
 
-/// Writes status when it changed, with an event for each change: namespaces provisioned, failed (once
-/// per namespace and reason), ExternalSecrets removed.
-async fn report(ctx: &Context, ces: &ClusterExternalSecret, report: &Report) -> Result<()> {
-    let before = ces.status.clone().unwrap_or_default();
+/// Writes status when it differs from `before`, the last written, with an event for each change: namespaces
+/// provisioned, failed (once per namespace and reason), ExternalSecrets removed. Returns the status written.
+async fn report(
+    ctx: &Context,
+    ces: &ClusterExternalSecret,
+    before: ClusterExternalSecretStatus,
+    report: &Report,
+) -> Result<ClusterExternalSecretStatus> {
     let mut status = ClusterExternalSecretStatus {
         external_secret_name: Some(report.name.clone()),
         provisioned_namespaces: report.provisioned.clone(),
@@ -580,7 +621,7 @@ async fn report(ctx: &Context, ces: &ClusterExternalSecret, report: &Report) -> 
         )
         .await;
     }
-    Ok(())
+    Ok(status)
 }
 
 /// The first few names, and how many more.

@@ -852,6 +852,35 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Namespaces a test makes besides its own, deleted when it ends however it ends.
+pub struct ExtraNamespaces(Vec<String>);
+
+impl ExtraNamespaces {
+    /// Creates them, 16 at a time.
+    pub async fn create(client: &Client, names: &[String]) -> Self {
+        use futures::StreamExt;
+        futures::stream::iter(names)
+            .for_each_concurrent(16, |name| TestContext::create_namespace(client, name))
+            .await;
+        ExtraNamespaces(names.to_vec())
+    }
+}
+
+impl Drop for ExtraNamespaces {
+    fn drop(&mut self) {
+        for names in self.0.chunks(100) {
+            let mut args = vec!["delete", "namespace", "--wait=false"];
+            args.extend(names.iter().map(String::as_str));
+            let _ = std::process::Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", &env_vars()["KUBECONFIG"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// The operator binary, watching one namespace (or all), logging to a file; stopped by PID on drop.
 pub struct Operator {
     child: Child,
