@@ -245,8 +245,10 @@ async fn the_api_server_stopped_mid_sync_and_restarted_loses_nothing() {
         converged.as_secs_f64(),
         resumed.as_secs_f64()
     );
+    // A hot loop burns a core, 15 s. The debug operator's backed-off retries of the ~160 unsynced
+    // ExternalSecrets measured 2.5-4.0 s on a 2-core machine, so a fifth of the outage failed without one.
     assert!(
-        cpu_in_outage < outage.as_secs_f64() / 5.0,
+        cpu_in_outage < outage.as_secs_f64() / 3.0,
         "{cpu_in_outage:.2} CPU seconds in {}s without an API server: a hot loop",
         outage.as_secs()
     );
